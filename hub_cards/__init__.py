@@ -1,0 +1,1 @@
+"""Model cards and Hub publishing of searched EvoNets; see issue 7."""

@@ -1,0 +1,1 @@
+"""Multi-objective evolutionary search over a trained EvoNet supernet; see issue 5."""
