@@ -22,7 +22,8 @@ from .modeling_evonet import (
     EvoNetModel,
     EvoNetPreTrainedModel,
 )
-from .selective_scan import selective_scan
+from .search_space import EvoNetSupernetConfig, SearchSpace
+from .supernet import EvoNetSupernet
 
 __version__ = "0.1.0"
 
@@ -31,12 +32,17 @@ AutoModel.register(EvoNetConfig, EvoNetModel, exist_ok=True)
 AutoModelForImageClassification.register(EvoNetConfig, EvoNetForImageClassification, exist_ok=True)
 AutoBackbone.register(EvoNetConfig, EvoNetBackbone, exist_ok=True)
 AutoImageProcessor.register(EvoNetConfig, slow_image_processor_class=EvoNetImageProcessor, exist_ok=True)
+AutoConfig.register(EvoNetSupernetConfig.model_type, EvoNetSupernetConfig, exist_ok=True)
+AutoModel.register(EvoNetSupernetConfig, EvoNetSupernet, exist_ok=True)
+AutoModelForImageClassification.register(EvoNetSupernetConfig, EvoNetSupernet, exist_ok=True)
 
 EvoNetConfig.register_for_auto_class()
 EvoNetModel.register_for_auto_class("AutoModel")
 EvoNetForImageClassification.register_for_auto_class("AutoModelForImageClassification")
 EvoNetBackbone.register_for_auto_class("AutoBackbone")
 EvoNetImageProcessor.register_for_auto_class("AutoImageProcessor")
+EvoNetSupernetConfig.register_for_auto_class()
+EvoNetSupernet.register_for_auto_class("AutoModelForImageClassification")
 
 __all__ = [
     "BLOCK_TYPES",
@@ -47,6 +53,8 @@ __all__ = [
     "EvoNetImageProcessor",
     "EvoNetModel",
     "EvoNetPreTrainedModel",
-    "selective_scan",
+    "EvoNetSupernet",
+    "EvoNetSupernetConfig",
+    "SearchSpace",
     "__version__",
 ]

@@ -42,6 +42,8 @@ class EvoNetConfig(BackboneConfigMixin, PreTrainedConfig):
         drop_path_rate (`float`): stochastic depth, increasing linearly over blocks up to this value.
         layer_scale_init_value (`float`): initial layer-scale; 0 disables layer-scale.
         layer_norm_eps (`float`), initializer_range (`float`): as usual.
+        arch_encoding (`str`, *optional*): the search-space encoding this network was extracted from
+            (`SearchSpace.encode`), so checkpoints and model cards say which architecture they are.
         out_features / out_indices: which of `stage_names` (`"stem"`, `"stage1"`, ...) `EvoNetBackbone` returns.
 
     Example:
@@ -74,6 +76,7 @@ class EvoNetConfig(BackboneConfigMixin, PreTrainedConfig):
     layer_scale_init_value: float = 0.0
     layer_norm_eps: float = 1e-6
     initializer_range: float = 0.02
+    arch_encoding: str | None = None
     _out_features: list[str] | None = None
     _out_indices: list[int] | None = None
 

@@ -19,6 +19,13 @@ class EvoNetAttention(nn.Module):
     Shapes: hidden_states (B, H, W, C) -> (B, H, W, C); inside, q/k/v are (B, heads, L, P) with L = H * W.
     """
 
+    # How `EvoNetSupernet` cuts this mixer out of a larger one (see `EvoNetSS2D.elastic_layout`); heads change no
+    # parameter shape.
+    elastic_layout = {
+        "qkv.weight": (("hidden_size", "hidden_size", "hidden_size"), None),  # rows [q | k | v]
+        "qkv.bias": (("hidden_size", "hidden_size", "hidden_size"),),
+    }
+
     def __init__(self, hidden_size: int, num_heads: int):
         super().__init__()
         self.num_heads = num_heads

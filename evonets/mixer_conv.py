@@ -16,6 +16,9 @@ class EvoNetConvMixer(nn.Module):
     Shapes: hidden_states (B, H, W, C) -> (B, H, W, C).
     """
 
+    # How `EvoNetSupernet` cuts this mixer out of a larger one (see `EvoNetSS2D.elastic_layout`): leading channels.
+    elastic_layout = {}
+
     def __init__(self, hidden_size: int, kernel_size: int = 7):
         super().__init__()
         self.dwconv = nn.Conv2d(hidden_size, hidden_size, kernel_size, padding=kernel_size // 2, groups=hidden_size)

@@ -64,6 +64,16 @@ class EvoNetSS2D(nn.Module):
     Shapes: hidden_states (B, H, W, C) -> (B, H, W, C).
     """
 
+    # How `EvoNetSupernet` cuts this mixer out of a larger one: for a parameter whose dimension concatenates parts,
+    # the parts' sizes per dimension, named as in `EvoNetConfig.block_args` (`None`: one part). Each part keeps its
+    # own leading entries; unlisted parameters and dimensions keep their leading entries.
+    elastic_layout = {
+        "in_proj.weight": (("d_inner", "d_inner"), None),  # rows [x | z]
+        "x_proj_weight": (None, ("dt_rank", "d_state", "d_state"), None),  # per order, rows [dt | B | C]
+        "A_log": (("d_inner",) * NUM_SCAN_ORDERS, None),  # one block of rows per scan order
+        "D": (("d_inner",) * NUM_SCAN_ORDERS,),
+    }
+
     def __init__(
         self,
         hidden_size: int,

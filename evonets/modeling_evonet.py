@@ -152,7 +152,8 @@ class EvoNetStage(nn.Module):
 class EvoNetEncoder(nn.Module):
     def __init__(self, config: EvoNetConfig):
         super().__init__()
-        rates = torch.linspace(0, config.drop_path_rate, sum(config.depths)).tolist()
+        # device="cpu": the rates are Python floats, also when the model is built under a meta-device context.
+        rates = torch.linspace(0, config.drop_path_rate, sum(config.depths), device="cpu").tolist()
         starts = [sum(config.depths[:stage]) for stage in range(config.num_stages)]
         self.stages = nn.ModuleList(
             EvoNetStage(config, stage, rates[start : start + depth])

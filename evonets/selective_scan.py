@@ -1,14 +1,403 @@
-"""Selective-scan backends (interface stub; the helper fills this in).
+r"""Selective scan (Mamba's S6 recurrence) with interchangeable backends.
 
-selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, backend="auto")
-    u, delta: (batch, channels, length)
-    A:        (channels, d_state)          negative real decay rates (A = -exp(A_log))
-    B, C:     (batch, groups, d_state, length), channels % groups == 0; channel c uses group c // (channels // groups)
-    D:        (channels,) or None          skip connection
-    delta_bias: (channels,) or None        added to delta before softplus
-    returns y: (batch, channels, length), same dtype as u
+    selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, backend="auto") -> y
 
-    dt_t = softplus(delta_t + delta_bias)               (if delta_softplus)
-    h_t  = exp(dt_t * A) * h_{t-1} + dt_t * B_t * u_t   (h: (batch, channels, d_state), h_{-1} = 0)
-    y_t  = <C_t, h_t> + D * u_t
+Shapes, with G groups and channel c using group c // (channels // G):
+
+    u, delta:   (batch, channels, length)
+    A:          (channels, d_state)                 negative real decay rates (A = -exp(A_log))
+    B, C:       (batch, G, d_state, length)
+    D:          (channels,) or None                 skip connection
+    delta_bias: (channels,) or None                 added to delta before the softplus
+    y:          (batch, channels, length), dtype of u
+
+Math, per batch, channel and time step t (h_{-1} = 0):
+
+    dt_t = softplus(delta_t + delta_bias)           (delta_t + delta_bias if not delta_softplus)
+    h_t  = exp(dt_t A) * h_{t-1} + dt_t B_t u_t     h: (d_state,)
+    y_t  = <C_t, h_t> + D u_t
+
+Backends
+--------
+``"reference"``
+    A sequential loop over time steps. Obviously correct, differentiable, slow: for tests only.
+``"torch"``
+    The chunked scan below, in plain PyTorch: differentiable, runs on any device, traces and exports to
+    ONNX (``torch.onnx.export`` with ``dynamo=False`` or ``dynamo=True``).
+``"cpu_fused"``
+    A fused C++ kernel (``csrc/selective_scan_cpu.cpp``, forward and backward) that keeps the state in
+    registers while streaming the inputs, parallel over (batch, channel) with ``at::parallel_for`` (so it
+    follows ``torch.set_num_threads``). It is built with ``torch.utils.cpp_extension`` on first use (15-30 s
+    on 2 cores, cached in torch's extensions directory). When the source is missing (e.g. this file was
+    copied into a Hugging Face remote-code folder) or the build fails, it logs once and falls back to
+    ``"torch"``. Its ops have Meta kernels, so ``torch.compile(fullgraph=True)`` traces through it, forward
+    and backward; call ``available_backends()`` first so the build itself happens outside compilation.
+``"cuda"``
+    mamba-ssm's ``selective_scan_fn``, if it imports (it needs its CUDA extension) and tensors are on CUDA.
+``"auto"``
+    ``"cuda"`` on CUDA tensors when mamba-ssm imports; ``"cpu_fused"`` on CPU tensors when it builds;
+    ``"torch"`` otherwise, and always while exporting to ONNX or tracing with ``torch.jit``. The environment
+    variable ``EVONETS_SCAN_BACKEND`` (one of the backend names) overrides what ``"auto"`` picks outside
+    export/tracing; an explicit ``backend=`` argument always wins.
+
+All backends compute in float32: bf16/fp16 inputs are upcast and the result is cast back to u's dtype.
+
+Chunked formulation (``"torch"``)
+---------------------------------
+The sequential loop launches a handful of tiny ops per time step; materialising the (batch, channels,
+length, d_state) state tensor at once (308 MB at VMamba's stage-1 size) makes every elementwise pass
+memory-bound. The chunked scan sits in between. Split time into K chunks of T steps and run all chunks at
+once, one in-chunk step at a time, so each op touches one (batch, channels, K, d_state) slice that stays
+in cache:
+
+1. End state of every chunk started from zero, by T steps of ``s = exp(dt_t A) s + dt_t B_t u_t``.
+2. The true state entering chunk k, sequentially over chunks:
+   ``H_{k+1} = exp(A sum_{t in k} dt_t) H_k + s_k``.
+3. The same T steps again from ``H_k``, reading out ``y_t = <C_t, h_t>``.
+
+Every exponent is ``dt A <= 0``, a decay, so nothing overflows however negative A or large dt get (unlike
+the ``exp(+cumsum)`` factorisation, which overflows once ``|A| sum dt`` exceeds ~88 inside a chunk). T is
+at most ``TORCH_CHUNK_SIZE`` and chosen so that K chunks cover the length with less than K steps to spare;
+those are padded with dt = 0 (decay 1, no input) and cut off.
 """
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "torch", "cpu_fused", "cuda", "reference")
+BACKEND_ENV_VAR = "EVONETS_SCAN_BACKEND"
+
+# Time steps per chunk of the "torch" backend. 64-128 measured fastest at VMamba's stage-1 size on CPU (a
+# step's slice then fits in cache); the traced ONNX graph grows linearly with it.
+TORCH_CHUNK_SIZE = 64
+
+_CPU_KERNEL_SOURCE = Path(__file__).resolve().parent / "csrc" / "selective_scan_cpu.cpp"
+_CPU_KERNEL_NAME = "evonets_selective_scan_cpu"
+# -fno-trapping-math lets the compiler turn the kernel's float min/max into vector instructions; it does not
+# change results. No -march=native: the kernel carries its own runtime-dispatched AVX2/AVX-512 clones.
+_CPU_KERNEL_CFLAGS = ["-O3", "-fno-trapping-math"]
+
+# None: not tried yet; afterwards whether the kernel is loaded. Tried at most once per process.
+_cpu_kernel_loaded: bool | None = None
+_cuda_scan_fn: Callable[..., torch.Tensor] | None = None
+_cuda_import_tried = False
+
+
+@torch.compiler.disable  # file system, compiler and dlopen: run eagerly even inside torch.compile
+def _load_cpu_kernel() -> bool:
+    """Build (or fetch from torch's extension cache) and load the fused CPU kernel; False if impossible."""
+    global _cpu_kernel_loaded
+    _cpu_kernel_loaded = False
+    if not _CPU_KERNEL_SOURCE.is_file():
+        logger.info("Fused CPU selective scan source %s not found; using the 'torch' backend.", _CPU_KERNEL_SOURCE)
+        return False
+    try:
+        from torch.utils import cpp_extension
+
+        cpp_extension.load(
+            name=_CPU_KERNEL_NAME,
+            sources=[str(_CPU_KERNEL_SOURCE)],
+            extra_cflags=_CPU_KERNEL_CFLAGS,
+            is_python_module=False,
+        )
+    except Exception as error:  # no compiler, failed build, op namespace already taken, ...
+        logger.warning("Could not build the fused CPU selective scan (%s); using the slower 'torch' backend.", error)
+        return False
+    _cpu_kernel_loaded = True
+    return True
+
+
+def _cpu_kernel_available() -> bool:
+    # Reading the flag first keeps compiled graphs free of the (graph-breaking) loader once it has run.
+    return _cpu_kernel_loaded if _cpu_kernel_loaded is not None else _load_cpu_kernel()
+
+
+@torch.compiler.disable  # an import: run eagerly even inside torch.compile
+def _import_cuda_kernel() -> None:
+    global _cuda_scan_fn, _cuda_import_tried
+    _cuda_import_tried = True
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+    except Exception:  # not installed, or installed without a working CUDA build
+        return
+    _cuda_scan_fn = selective_scan_fn
+
+
+def _cuda_kernel() -> Callable[..., torch.Tensor] | None:
+    """mamba-ssm's selective_scan_fn, or None when mamba-ssm (with its CUDA extension) does not import."""
+    if not _cuda_import_tried:
+        _import_cuda_kernel()
+    return _cuda_scan_fn
+
+
+def available_backends() -> tuple[str, ...]:
+    """Backends usable in this process (besides "auto"). Builds the fused CPU kernel if not built yet."""
+    names = ["torch", "reference"]
+    if _cpu_kernel_available():
+        names.insert(1, "cpu_fused")
+    if _cuda_kernel() is not None and torch.cuda.is_available():
+        names.insert(0, "cuda")
+    return tuple(names)
+
+
+def _check_backend_name(backend: str, source: str) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"Unknown selective-scan backend {backend!r} ({source}); expected one of {BACKENDS}.")
+
+
+def _resolve_backend(backend: str, u: torch.Tensor) -> str:
+    """The concrete backend for `backend` and inputs on u's device."""
+    _check_backend_name(backend, "backend argument")
+    if backend == "auto":
+        if torch.onnx.is_in_onnx_export() or torch.jit.is_tracing() or torch.jit.is_scripting():
+            return "torch"
+        override = os.environ.get(BACKEND_ENV_VAR, "")
+        if override:
+            _check_backend_name(override, f"environment variable {BACKEND_ENV_VAR}")
+            backend = override
+    if backend == "auto":
+        if u.is_cuda and _cuda_kernel() is not None:
+            return "cuda"
+        if u.device.type == "cpu" and _cpu_kernel_available():
+            return "cpu_fused"
+        return "torch"
+    if backend == "cpu_fused":
+        if u.device.type != "cpu":
+            raise ValueError(f"The 'cpu_fused' selective-scan backend needs CPU tensors, got {u.device}.")
+        return "cpu_fused" if _cpu_kernel_available() else "torch"
+    if backend == "cuda" and (not u.is_cuda or _cuda_kernel() is None):
+        raise RuntimeError(
+            "The 'cuda' selective-scan backend needs CUDA tensors and an importable mamba-ssm "
+            "(pip install mamba-ssm, built against your CUDA); use backend='torch' otherwise."
+        )
+    return backend
+
+
+def _compute_dt(delta: torch.Tensor, delta_bias: torch.Tensor | None, delta_softplus: bool) -> torch.Tensor:
+    """dt = softplus(delta + delta_bias) (or without the softplus), (batch, channels, length)."""
+    if delta_bias is not None:
+        delta = delta + delta_bias[:, None]
+    return F.softplus(delta) if delta_softplus else delta
+
+
+def _scan_reference(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    delta_bias: torch.Tensor | None,
+    delta_softplus: bool,
+) -> torch.Tensor:
+    """Sequential loop over time steps; the state is (batch, groups, channels per group, d_state)."""
+    batch, channels, length = u.shape
+    groups, d_state = B.shape[1], A.shape[1]
+    dt = _compute_dt(delta, delta_bias, delta_softplus).view(batch, groups, -1, length)
+    u_grouped = u.view(batch, groups, -1, length)
+    A = A.view(groups, -1, d_state)
+    state = u.new_zeros(batch, groups, channels // groups, d_state)
+    outputs = []
+    for t in range(length):
+        dt_t = dt[..., t, None]
+        state = torch.exp(dt_t * A) * state + dt_t * u_grouped[..., t, None] * B[:, :, None, :, t]
+        outputs.append((state * C[:, :, None, :, t]).sum(-1))
+    y = torch.stack(outputs, dim=-1).view(batch, channels, length)
+    return y if D is None else y + D[:, None] * u
+
+
+def _scan_chunked(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    delta_bias: torch.Tensor | None,
+    delta_softplus: bool,
+) -> torch.Tensor:
+    """The chunked scan of the module docstring, in plain PyTorch ops."""
+    batch, channels, length = u.shape
+    groups, d_state = B.shape[1], A.shape[1]
+    per_group = channels // groups
+    dt = _compute_dt(delta, delta_bias, delta_softplus)
+    dt_u = dt * u
+    # As few chunks of at most TORCH_CHUNK_SIZE steps as possible, equally long, so padding stays < n_chunks
+    # (e.g. 196 = 4 x 49 rather than 4 x 64 - 60). Ceiling divisions as (a + b - 1) // b: traced for ONNX,
+    # -(-a // b) rounds toward zero.
+    n_chunks = (length + TORCH_CHUNK_SIZE - 1) // TORCH_CHUNK_SIZE
+    chunk = (length + n_chunks - 1) // n_chunks
+    padding = n_chunks * chunk - length
+    if padding:  # dt = 0 past the end: decay 1 and no input, and those outputs are cut off below
+        dt, dt_u, B, C = (F.pad(x, (0, padding)) for x in (dt, dt_u, B, C))
+
+    # One row per (chunk, batch, group), chunk-major so that chunks 0..K-2 are a prefix of the rows; a row's
+    # state is a (per_group, d_state) matrix. With the in-chunk step t leading, step t of every chunk is one
+    # slice: dt, dt_u (T, rows, per_group, 1); B (T, rows, 1, d_state); C (T, rows, d_state, 1). Then the
+    # input term is a batched outer product and the read-out a batched mat-vec (baddbmm, bmm), which skips
+    # materialising the products that a broadcast multiply-and-sum would write.
+    rows = n_chunks * batch * groups
+    dt, dt_u = (
+        x.view(batch, groups, per_group, n_chunks, chunk).permute(4, 3, 0, 1, 2).reshape(chunk, rows, per_group, 1)
+        for x in (dt, dt_u)
+    )
+    B = B.view(batch, groups, d_state, n_chunks, chunk).permute(4, 3, 0, 1, 2).reshape(chunk, rows, 1, d_state)
+    C = C.view(batch, groups, d_state, n_chunks, chunk).permute(4, 3, 0, 1, 2).reshape(chunk, rows, d_state, 1)
+    A = A.view(1, 1, groups, per_group, d_state).expand(n_chunks, batch, -1, -1, -1).reshape(rows, per_group, d_state)
+
+    # 1. End states of chunks 0..K-2 started from zero (the last chunk's end state is never needed).
+    # 2. From them, the state entering each chunk, sequentially over chunks.
+    group_rows = batch * groups
+    entering = [u.new_zeros(group_rows, per_group, d_state)]
+    if n_chunks > 1:
+        head = (n_chunks - 1) * group_rows
+        dt_head, dt_u_head, B_head = (x.narrow(1, 0, head) for x in (dt, dt_u, B))
+        A_head = A.narrow(0, 0, head)
+        state = u.new_zeros(head, per_group, d_state)
+        for t in range(chunk):
+            state = torch.baddbmm(torch.exp(dt_head[t] * A_head) * state, dt_u_head[t], B_head[t])
+        state = state.view(n_chunks - 1, group_rows, per_group, d_state)
+        chunk_decay = torch.exp(dt.sum(0) * A).view(n_chunks, group_rows, per_group, d_state)
+        for k in range(n_chunks - 1):
+            entering.append(chunk_decay[k] * entering[-1] + state[k])
+    state = torch.cat(entering, dim=0)  # (rows, per_group, d_state)
+
+    # 3. Replay every chunk from its entering state and read out y.
+    outputs = []
+    for t in range(chunk):
+        state = torch.baddbmm(torch.exp(dt[t] * A) * state, dt_u[t], B[t])
+        outputs.append(torch.bmm(state, C[t]))  # (rows, per_group, 1)
+    y = torch.stack(outputs).view(chunk, n_chunks, batch, groups, per_group).permute(2, 3, 4, 1, 0)
+    y = y.reshape(batch, channels, n_chunks * chunk)[..., :length]
+    return y if D is None else y + D[:, None] * u
+
+
+class _FusedCpuScan(torch.autograd.Function):
+    """Autograd wrapper of the C++ ops; B and C come time-major, (batch, groups, length, d_state)."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B_time_major, C_time_major, D, delta_bias, delta_softplus: bool):
+        ctx.save_for_backward(u, delta, A, B_time_major, C_time_major, D, delta_bias)
+        ctx.delta_softplus = delta_softplus
+        return torch.ops.evonets_selective_scan.forward(
+            u, delta, A, B_time_major, C_time_major, D, delta_bias, delta_softplus
+        )
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        grads = torch.ops.evonets_selective_scan.backward(
+            grad_y.contiguous(), *ctx.saved_tensors, ctx.delta_softplus
+        )
+        return (*grads, None)
+
+
+def _scan_cpu_fused(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    delta_bias: torch.Tensor | None,
+    delta_softplus: bool,
+) -> torch.Tensor:
+    channels = u.shape[1]
+    # The kernel always takes D and delta_bias; zeros stand in for None (and get no gradient).
+    D = u.new_zeros(channels) if D is None else D.contiguous()
+    delta_bias = u.new_zeros(channels) if delta_bias is None else delta_bias.contiguous()
+    return _FusedCpuScan.apply(
+        u.contiguous(),
+        delta.contiguous(),
+        A.contiguous(),
+        B.transpose(-1, -2).contiguous(),
+        C.transpose(-1, -2).contiguous(),
+        D,
+        delta_bias,
+        delta_softplus,
+    )
+
+
+def _scan_cuda(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    delta_bias: torch.Tensor | None,
+    delta_softplus: bool,
+) -> torch.Tensor:
+    # mamba-ssm keeps u, delta, B and C in their dtype (computing in float32 inside) and wants float32
+    # A, D and delta_bias.
+    D, delta_bias = (None if x is None else x.float() for x in (D, delta_bias))
+    return _cuda_kernel()(
+        u, delta, A.float(), B, C, D=D, delta_bias=delta_bias, delta_softplus=delta_softplus, return_last_state=False
+    )
+
+
+_SCANS = {"reference": _scan_reference, "torch": _scan_chunked, "cpu_fused": _scan_cpu_fused}
+
+
+def _check_shapes(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor) -> None:
+    if u.dim() != 3 or A.dim() != 2 or B.dim() != 4:
+        raise ValueError(
+            "Expected u (batch, channels, length), A (channels, d_state), B (batch, groups, d_state, length); "
+            f"got u {tuple(u.shape)}, A {tuple(A.shape)}, B {tuple(B.shape)}"
+        )
+    batch, channels, length = u.shape
+    groups, d_state = B.shape[1], A.shape[1]
+    if groups == 0 or channels % groups != 0 or A.shape[0] != channels:
+        raise ValueError(f"A must be ({channels}, d_state) and groups ({groups}) must divide channels ({channels})")
+    expected = (batch, groups, d_state, length)
+    if tuple(B.shape) != expected or tuple(C.shape) != expected or delta.shape != u.shape:
+        raise ValueError(
+            f"B and C must be {expected} and delta {tuple(u.shape)}; "
+            f"got B {tuple(B.shape)}, C {tuple(C.shape)}, delta {tuple(delta.shape)}"
+        )
+
+
+def selective_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = True,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Selective scan ``h_t = exp(dt_t A) h_{t-1} + dt_t B_t u_t``, ``y_t = <C_t, h_t> + D u_t``.
+
+    See the module docstring for shapes, math and backends.
+
+    Args:
+        u, delta: (batch, channels, length).
+        A: (channels, d_state), negative.
+        B, C: (batch, groups, d_state, length) with channels divisible by groups.
+        D, delta_bias: (channels,) or None.
+        delta_softplus: apply softplus to ``delta + delta_bias``.
+        backend: one of ``BACKENDS``.
+
+    Returns:
+        y: (batch, channels, length) in u's dtype.
+    """
+    if not torch.jit.is_tracing():  # traced (ONNX export), shapes are tensors and the checks only warn
+        _check_shapes(u, delta, A, B, C)
+    resolved = _resolve_backend(backend, u)
+    if resolved == "cuda":
+        return _scan_cuda(u, delta, A, B, C, D, delta_bias, delta_softplus)
+    inputs = [x if x is None else x.float() for x in (u, delta, A, B, C, D, delta_bias)]
+    return _SCANS[resolved](*inputs, delta_softplus).to(u.dtype)
+
+
+__all__ = ["selective_scan", "available_backends", "BACKENDS", "BACKEND_ENV_VAR", "TORCH_CHUNK_SIZE"]
