@@ -14,9 +14,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import math
-import os
-import platform
-import re
 import statistics
 import sys
 import time
@@ -27,10 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from evonets.selective_scan import available_backends, selective_scan  # noqa: E402
+from _report import DOC_PATH, machine_description, write_section  # noqa: E402
 
-DOC_PATH = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
-SECTION_HEADING = "## Selective scan"
-START_MARKER, END_MARKER = "<!-- bench_scan:start -->", "<!-- bench_scan:end -->"
 GOALS = {"fwd": 7.0, "fwd_bwd": 20.0}  # required speed-ups of "cpu_fused" over "reference"
 
 
@@ -95,27 +90,6 @@ def single_thread_cpu_seconds(inputs: dict[str, torch.Tensor], backend: str, rep
     return statistics.median(times)
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def machine_line(threads: int) -> str:
-    load = "n/a"
-    if hasattr(os, "getloadavg"):
-        load = "{:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
-    return (
-        f"{cpu_model()}, {os.cpu_count()} cores ({torch.backends.cpu.get_cpu_capability()}), "
-        f"torch {torch.__version__}, {threads} threads, Python {platform.python_version()}; "
-        f"load average at start {load}"
-    )
-
-
 def format_ms(seconds: float | None) -> str:
     return "skipped" if seconds is None else f"{1e3 * seconds:,.1f}"
 
@@ -135,7 +109,7 @@ def run(args: argparse.Namespace) -> str:
     groups, per_group, length, d_state = 4, 384, 56 * 56, 16
     inputs = make_inputs(groups, per_group, length, d_state)
     started = datetime.datetime.now()
-    header = machine_line(args.threads)
+    header = machine_description(args.threads)
     print(header, flush=True)
 
     results: dict[str, dict[str, float | None]] = {}
@@ -204,19 +178,6 @@ def run(args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-def write_section(doc_path: Path, generated: str) -> None:
-    """Replace the text between the bench_scan markers, creating the file or the section when missing."""
-    block = f"{START_MARKER}\n{generated}\n{END_MARKER}"
-    text = doc_path.read_text() if doc_path.exists() else "# Benchmarks\n"
-    pattern = re.compile(re.escape(START_MARKER) + ".*?" + re.escape(END_MARKER), re.DOTALL)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: block, text)
-    else:
-        text = text.rstrip("\n") + f"\n\n{SECTION_HEADING}\n\n{block}\n"
-    doc_path.parent.mkdir(parents=True, exist_ok=True)
-    doc_path.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="skip the reference forward + backward (minutes)")
@@ -228,7 +189,7 @@ def main() -> None:
     generated = run(args)
     print(generated)
     if not args.no_write:
-        write_section(args.doc, generated)
+        write_section("bench_scan", "Selective scan", generated, args.doc)
         print(f"updated {args.doc}")
 
 

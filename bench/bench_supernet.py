@@ -29,9 +29,6 @@ What it does, in one process:
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
 import random
 import statistics
 import sys
@@ -45,18 +42,16 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-import transformers  # noqa: E402
 
 from evonets.search_space import EvoNetSupernetConfig  # noqa: E402
 from evonets.supernet import EvoNetSupernet  # noqa: E402
+from _report import DOC_PATH, machine_description, write_section  # noqa: E402
 
 THREADS = (1, 2)
 RESOLUTION = 32
 BATCHES = (1, 32)
 TRAIN_BATCH = 32
 GOAL_RATIO = 1.3
-MARK_START, MARK_END = "<!-- bench_supernet:start -->", "<!-- bench_supernet:end -->"
-SECTION_TITLE = "## Supernet overhead"
 
 
 def architectures(supernet: EvoNetSupernet) -> dict[str, dict]:
@@ -119,35 +114,6 @@ def cold_starts(supernet: EvoNetSupernet, count: int) -> list[float]:
     return seconds
 
 
-def machine_description() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (
-        f"{cpu}, {os.cpu_count()} logical cores; "
-        f"Python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}; "
-        f"{datetime.date.today().isoformat()}"
-    )
-
-
-def write_section(path: Path, body: str) -> None:
-    """Replace this script's section of `path` (create the file or the section if missing)."""
-    block = f"{MARK_START}\n{body.strip()}\n{MARK_END}"
-    text = path.read_text() if path.exists() else "# EvoNets benchmarks\n"
-    if MARK_START in text and MARK_END in text:
-        before, rest = text.split(MARK_START, 1)
-        text = before + block + rest.split(MARK_END, 1)[1]
-    else:
-        text = text.rstrip("\n") + f"\n\n{SECTION_TITLE}\n\n{block}\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="few repeats, for a smoke run")
@@ -171,7 +137,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if getattr(args, name) is None:
             setattr(args, name, default)
     if args.output is None and not args.quick:
-        args.output = REPO / "docs" / "benchmarks.md"
+        args.output = DOC_PATH
     return args
 
 
@@ -333,7 +299,7 @@ def main(argv: list[str] | None = None) -> str:
     markdown = render(rows, training, supernet, cold, args)
     print(markdown)
     if args.output is not None:
-        write_section(args.output, markdown)
+        write_section("bench_supernet", "Supernet overhead", markdown, args.output)
         log(f"wrote {args.output}")
     return markdown
 
