@@ -1,0 +1,209 @@
+"""Rank-check harness: does a supernet rank its subnets like stand-alone training does?
+
+For a set of architectures (sampled with a fixed seed), compare
+
+- the **supernet accuracy**: validation accuracy with inherited weights (`supernet(pixel_values, arch=arch)`), and
+- the **stand-alone accuracy**: validation accuracy of `EvoNetForImageClassification(space.to_config(arch))` trained
+  from scratch with one fixed recipe (`StandaloneRecipe`: AdamW, cosine, cross-entropy, fixed steps and seed),
+
+by Kendall's tau-b, Spearman's rho and top-k overlap. Only the validation split is used; the test split stays unread.
+Stand-alone results are cached in a JSON file keyed by architecture encoding and recipe, so several supernets (e.g.
+the loss ablation of `bench/bench_distill.py`) share one set of stand-alone runs, and `search/rank_check.py` can
+reuse both the harness and its cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import warnings
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .data import DistillData, EpochShuffleSampler, collate, resize_batch
+
+
+@dataclass
+class StandaloneRecipe:
+    """The fixed stand-alone training recipe."""
+
+    steps: int = 150
+    batch_size: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 15
+    seed: int = 0
+
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
+
+
+def sample_architectures(space, count: int, seed: int = 0) -> list[dict]:
+    """`count` distinct architectures from `space`, drawn with `random.Random(seed)`."""
+    rng, archs, seen = random.Random(seed), [], set()
+    for _ in range(100 * count):
+        arch = space.sample(rng)
+        encoding = space.encode(arch)
+        if encoding not in seen:
+            seen.add(encoding)
+            archs.append(arch)
+        if len(archs) == count:
+            break
+    return archs
+
+
+def validation_tensors(data: DistillData) -> tuple[torch.Tensor, torch.Tensor]:
+    batch = collate([data.validation[i] for i in range(len(data.validation))])
+    return batch["pixel_values"], batch["labels"]
+
+
+@torch.no_grad()
+def evaluate(
+    model_fn, pixel_values: torch.Tensor, labels: torch.Tensor, resolution: int, batch_size: int = 256
+) -> dict[str, float]:
+    """Validation `accuracy` and mean cross-entropy `loss` of `model_fn(pixel_values) -> logits`, with the images
+    resized to `resolution`. On a small validation set accuracy moves in steps of 1 / n and ties are common; the loss
+    is continuous, so it ranks too."""
+    correct, loss = 0, 0.0
+    for start in range(0, len(labels), batch_size):
+        images = resize_batch(pixel_values[start : start + batch_size], resolution)
+        logits = model_fn(images).float()
+        target = labels[start : start + batch_size]
+        correct += int((logits.argmax(-1) == target).sum())
+        loss += float(F.cross_entropy(logits, target, reduction="sum"))
+    return {"accuracy": correct / len(labels), "loss": loss / len(labels)}
+
+
+def supernet_scores(supernet, data: DistillData, archs: list[dict]) -> list[dict[str, float]]:
+    """Validation accuracy and loss of each architecture with the supernet's inherited weights."""
+    supernet.eval()
+    pixel_values, labels = validation_tensors(data)
+    return [
+        evaluate(lambda x, arch=arch: supernet(x, arch=arch).logits, pixel_values, labels, arch["resolution"])
+        for arch in archs
+    ]
+
+
+def train_standalone(space, arch: dict, data: DistillData, recipe: StandaloneRecipe) -> dict[str, float]:
+    """Train `arch` from scratch with `recipe` on the train split; its validation accuracy and loss."""
+    from transformers import get_cosine_schedule_with_warmup
+
+    from evonets import EvoNetForImageClassification
+
+    from .trainer import parameter_groups
+
+    torch.manual_seed(recipe.seed)
+    model = EvoNetForImageClassification(space.to_config(arch)).train()
+    optimizer = torch.optim.AdamW(parameter_groups(model, recipe.weight_decay), lr=recipe.lr)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, recipe.warmup_steps, recipe.steps)
+    sampler = EpochShuffleSampler(len(data.train), recipe.seed)
+    loader = torch.utils.data.DataLoader(
+        data.train, batch_size=recipe.batch_size, sampler=sampler, collate_fn=collate, drop_last=True
+    )
+    step, epoch = 0, 0
+    while step < recipe.steps:
+        sampler.set_epoch(epoch)
+        for batch in loader:
+            logits = model(resize_batch(batch["pixel_values"], arch["resolution"])).logits
+            F.cross_entropy(logits, batch["labels"]).backward()
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            if step == recipe.steps:
+                break
+        epoch += 1
+    model.eval()
+    pixel_values, labels = validation_tensors(data)
+    return evaluate(lambda x: model(x).logits, pixel_values, labels, arch["resolution"])
+
+
+def standalone_scores(
+    space,
+    archs: list[dict],
+    data: DistillData,
+    recipe: StandaloneRecipe,
+    seeds: tuple[int, ...] = (0,),
+    cache_path: str | Path | None = None,
+    log=print,
+) -> list[dict]:
+    """Per architecture, the stand-alone validation `accuracy` and `loss` averaged over `seeds` (each a full
+    training with `recipe` and that seed), plus `per_seed` results. Read from / added to the JSON cache at
+    `cache_path`, keyed by recipe (with seed) and architecture encoding."""
+    cache = {}
+    if cache_path and Path(cache_path).is_file():
+        cache = json.loads(Path(cache_path).read_text())
+    results = []
+    for index, arch in enumerate(archs):
+        per_seed = []
+        for seed in seeds:
+            seeded = replace(recipe, seed=seed)
+            key = f"{seeded.key()}:{space.encode(arch)}"
+            if key not in cache:
+                cache[key] = train_standalone(space, arch, data, seeded)
+                log(
+                    f"stand-alone {index + 1}/{len(archs)} seed {seed}: {space.encode(arch)} -> accuracy "
+                    f"{cache[key]['accuracy']:.3f}, loss {cache[key]['loss']:.4f}"
+                )
+                if cache_path:
+                    Path(cache_path).parent.mkdir(parents=True, exist_ok=True)
+                    Path(cache_path).write_text(json.dumps(cache, indent=1, sort_keys=True) + "\n")
+            per_seed.append(cache[key])
+        results.append(
+            {
+                "accuracy": sum(r["accuracy"] for r in per_seed) / len(per_seed),
+                "loss": sum(r["loss"] for r in per_seed) / len(per_seed),
+                "per_seed": per_seed,
+            }
+        )
+    return results
+
+
+def seed_ceiling(standalone: list[dict], metric: str = "accuracy") -> float | None:
+    """Kendall's tau between the stand-alone rankings of the first two seeds: how well stand-alone training agrees
+    with itself, the ceiling for any supernet. None with fewer than two seeds."""
+    from scipy.stats import kendalltau
+
+    if len(standalone[0]["per_seed"]) < 2:
+        return None
+    first = [entry["per_seed"][0][metric] for entry in standalone]
+    second = [entry["per_seed"][1][metric] for entry in standalone]
+    tau = kendalltau(first, second).statistic
+    return 0.0 if math.isnan(tau) else float(tau)
+
+
+def rank_correlations(supernet_scores: list[float], standalone_scores: list[float], top_k: int = 5) -> dict[str, float]:
+    """Kendall's tau-b, Spearman's rho and the overlap of the top-k sets (as a fraction of k; k = min(top_k, n)) of
+    two score lists."""
+    from scipy.stats import kendalltau, spearmanr
+
+    with warnings.catch_warnings():  # constant scores: no ranking, reported as 0 below
+        warnings.simplefilter("ignore")
+        tau = kendalltau(supernet_scores, standalone_scores).statistic
+        rho = spearmanr(supernet_scores, standalone_scores).statistic
+    k = min(top_k, len(supernet_scores))
+    top_supernet = set(sorted(range(len(supernet_scores)), key=lambda i: -supernet_scores[i])[:k])
+    top_standalone = set(sorted(range(len(standalone_scores)), key=lambda i: -standalone_scores[i])[:k])
+    return {
+        "kendall_tau": float(tau) if not math.isnan(tau) else 0.0,
+        "spearman_rho": float(rho) if not math.isnan(rho) else 0.0,
+        "top_k": k,
+        "top_k_overlap": len(top_supernet & top_standalone) / k,
+    }
+
+
+__all__ = [
+    "StandaloneRecipe",
+    "evaluate",
+    "rank_correlations",
+    "sample_architectures",
+    "seed_ceiling",
+    "standalone_scores",
+    "supernet_scores",
+    "train_standalone",
+]
