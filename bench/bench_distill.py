@@ -29,9 +29,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
-import os
-import platform
 import statistics
 import sys
 import time
@@ -42,9 +39,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import torch
+from _report import DOC_PATH, machine_description, write_section  # noqa: E402
 
-MARK_START, MARK_END = "<!-- bench_distill:start -->", "<!-- bench_distill:end -->"
-SECTION_TITLE = "## Distillation"
 BLOCK_TYPES = ("conv", "attention", "ssd", "ss2d")
 VARIANTS = {
     "(a) CE only": {
@@ -90,7 +86,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.quick:
         args.work = args.work.with_name(args.work.name + "_quick")
     if args.output is None and not quick:
-        args.output = REPO / "docs" / "benchmarks.md"
+        args.output = DOC_PATH
     return args
 
 
@@ -287,25 +283,6 @@ def run_ablation(args, log) -> dict:
 # Report --------------------------------------------------------------------------------------------------------
 
 
-def machine_description() -> str:
-    import transformers
-
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (
-        f"{cpu}, {os.cpu_count()} logical cores, load average {load:.1f} at the end; Python "
-        f"{platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}; "
-        f"{datetime.date.today().isoformat()}"
-    )
-
-
 def render(args, throughput: list[dict] | None, ablation: dict | None) -> str:
     lines = [
         (
@@ -405,18 +382,6 @@ def _cell(per_seed: list[dict], key: str) -> str:
     return text + (f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else "")
 
 
-def write_section(path: Path, body: str) -> None:
-    """Replace this script's section of `path` (create the file or the section if missing)."""
-    block = f"{MARK_START}\n{body.strip()}\n{MARK_END}"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if MARK_START in text and MARK_END in text:
-        before, rest = text.split(MARK_START, 1)
-        text = before + block + rest.split(MARK_END, 1)[1]
-    else:
-        text = text.rstrip("\n") + f"\n\n{SECTION_TITLE}\n\n{block}\n"
-    path.write_text(text)
-
-
 def main(argv=None) -> str:
     args = parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -429,7 +394,7 @@ def main(argv=None) -> str:
     markdown = render(args, throughput, ablation)
     print(markdown)
     if args.output:
-        write_section(args.output, markdown)
+        write_section("bench_distill", "Distillation", markdown, args.output)
         print(f"written to {args.output}")
     return markdown
 

@@ -1,0 +1,631 @@
+"""CPU latency of EvoNets against transformers' small vision models: batch 1, 224 x 224, 2 threads, one process.
+
+    python bench/bench_latency.py            # full run (about 15 minutes on 2 cores), writes docs/benchmarks.md
+    python bench/bench_latency.py --quick    # smoke run: few repeats, no file written unless --output is given
+
+What it does, all in one process and one run so that machine noise hits every model alike:
+
+1. Builds the baselines from `transformers` configs, without weights: DeiT-tiny (ViT, 192 wide, 12 layers, 3 heads),
+   ConvNeXtV2-atto and -nano, PVTv2-b0 and Swin-tiny; and the three EvoNets of `EVONET_CONFIGS`.
+2. Counts parameters and MACs with `evonets.profiling` (the project's one MAC definition: matmuls and convs,
+   SDPA included, plus the SS2D scans' state updates counted analytically).
+3. Times `model(pixel_values)` under `torch.inference_mode` in eval mode: a warm-up, then interleaved rounds
+   (each round runs every model, in a rotating order, one untimed call then `--per-round` timed calls), and reports
+   median and inter-quartile range over all timed calls. The machine's fp32 matmul ceiling (a 2048 x 2048 matmul)
+   is one more entry of the same rounds.
+4. Per-mixer profile: one EvoNet block of each mixer type at each stage of the ~1 GMAC EvoNet (its widths, d_state,
+   ratios), block and mixer alone, timed the same way.
+5. `torch.profiler` of the ~1 GMAC EvoNet: the top ops by self CPU time, and time per op category.
+6. Prints the markdown and writes it to `docs/benchmarks.md` between `<!-- bench_latency:start -->` and
+   `<!-- bench_latency:end -->` under `## CPU latency`, leaving the rest of the file alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+try:
+    import evonets  # noqa: F401  (an installed or PYTHONPATH copy wins)
+except ImportError:
+    sys.path.insert(0, str(REPO))
+
+import transformers  # noqa: E402
+from transformers import (  # noqa: E402
+    ConvNextV2Config,
+    ConvNextV2ForImageClassification,
+    DeiTConfig,
+    DeiTForImageClassification,
+    PvtV2Config,
+    PvtV2ForImageClassification,
+    SwinConfig,
+    SwinForImageClassification,
+)
+
+import evonets  # noqa: E402
+from evonets.mixer_ss2d import EvoNetSelectiveScan  # noqa: E402
+from evonets.modeling_evonet import EvoNetBlock  # noqa: E402
+from evonets.profiling import count_macs, count_parameters  # noqa: E402
+
+THREADS = 2
+IMAGE_SIZE = 224
+CEILING_SIZE = 2048
+MARK_START, MARK_END = "<!-- bench_latency:start -->", "<!-- bench_latency:end -->"
+SECTION_TITLE = "## CPU latency"
+REFERENCE = "DeiT-tiny"
+GOAL_MODEL = "EvoNet-1G"
+GOAL_RIVALS = ("DeiT-tiny", "PVTv2-b0")
+GOAL_SPEEDUP, GOAL_CEILING_FRACTION = 1.5, 0.5
+
+# The EvoNets, as `EvoNetConfig` keyword arguments, designed from per-mixer measurements on this 2-core CPU
+# (the "Per-mixer profile" of docs/benchmarks.md):
+# * An 8x8 patch stem skips the 56x56 stage: there a block's matmuls have K = C <= 64 and its LayerNorms, GELU and
+#   depthwise conv are memory-bound, so it runs at a fraction of the matmul ceiling.
+# * Most MACs sit in 28x28 blocks 112-192 wide: with 784 tokens the MLP matmuls reach ~170 of ~200 GFLOP/s, more
+#   than at 14x14 (~140-155) or 7x7 (weights streamed for 49 rows). Conv blocks (depthwise 7x7 + MLP) are the
+#   fastest per MAC, SSD (pure matmuls, one global state) next, then global attention (best at 14x14).
+# * SS2D costs 2-3x more time per MAC than the others at every size tried (its scan, four scan orders and their
+#   copies move d_inner x L x 4 values several times for few MACs), so the 0.5G and 1G models leave it out and the
+#   2.5G model has one, 14x14, ssm_ratio 1, d_state 2.
+EVONET_CONFIGS: dict[str, dict] = {
+    "EvoNet-0.5G": dict(
+        patch_size=8,
+        depths=[3, 1],
+        hidden_sizes=[112, 224],
+        block_types=[["conv", "ssd", "conv"], ["attention"]],
+        d_states=32,
+        ssm_ratios=1.0,
+    ),
+    "EvoNet-1G": dict(
+        patch_size=8,
+        depths=[3, 1],
+        hidden_sizes=[160, 320],
+        block_types=[["conv", "ssd", "conv"], ["attention"]],
+        d_states=32,
+        ssm_ratios=1.0,
+    ),
+    "EvoNet-2.5G": dict(
+        patch_size=8,
+        depths=[5, 3],
+        hidden_sizes=[192, 384],
+        block_types=[["conv", "ssd", "conv", "ssd", "conv"], ["attention", "ss2d", "attention"]],
+        d_states=[32, [32, 2, 32]],
+        ssm_ratios=1.0,
+    ),
+}
+
+
+# ----------------------------------------------------------------------------------------------------------- models
+
+
+def build_baselines() -> dict[str, nn.Module]:
+    """transformers' small vision models from their configs (random weights: latency does not depend on them)."""
+    configs = {
+        "DeiT-tiny": (
+            DeiTForImageClassification,
+            DeiTConfig(hidden_size=192, num_hidden_layers=12, num_attention_heads=3, intermediate_size=768),
+        ),
+        "ConvNeXtV2-atto": (
+            ConvNextV2ForImageClassification,
+            ConvNextV2Config(depths=[2, 2, 6, 2], hidden_sizes=[40, 80, 160, 320]),
+        ),
+        "ConvNeXtV2-nano": (
+            ConvNextV2ForImageClassification,
+            ConvNextV2Config(depths=[2, 2, 8, 2], hidden_sizes=[80, 160, 320, 640]),
+        ),
+        "PVTv2-b0": (PvtV2ForImageClassification, PvtV2Config()),  # the defaults are b0
+        "Swin-tiny": (
+            SwinForImageClassification,
+            SwinConfig(embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], window_size=7),
+        ),
+    }
+    models = {}
+    for name, (model_class, config) in configs.items():
+        config.num_labels = 1000
+        torch.manual_seed(0)
+        models[name] = model_class(config).eval()
+    return models
+
+
+def build_evonets() -> dict[str, nn.Module]:
+    models = {}
+    for name, kwargs in EVONET_CONFIGS.items():
+        torch.manual_seed(0)
+        config = evonets.EvoNetConfig(image_size=IMAGE_SIZE, num_labels=1000, **kwargs)
+        models[name] = evonets.EvoNetForImageClassification(config).eval()
+    return models
+
+
+def resolved_scan_backend() -> str:
+    """What the SS2D scans' `backend="auto"` runs here (building the fused CPU kernel if needed)."""
+    scan_module = importlib.import_module("evonets.selective_scan")  # `evonets.selective_scan` is the function
+    override = os.environ.get(scan_module.BACKEND_ENV_VAR, "")
+    if override and override != "auto":
+        return f"{override} (from {scan_module.BACKEND_ENV_VAR})"
+    return "cpu_fused" if "cpu_fused" in scan_module.available_backends() else "torch"
+
+
+def scan_backends(model: nn.Module) -> list[str]:
+    return sorted({module.backend for module in model.modules() if isinstance(module, EvoNetSelectiveScan)})
+
+
+# ----------------------------------------------------------------------------------------------------------- timing
+
+
+def matmul_ceiling_call(size: int = CEILING_SIZE) -> tuple[Callable[[], object], int]:
+    """A `size`^3 fp32 matmul and its FLOPs: the machine's practical compute ceiling at this thread count."""
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=generator)
+    b = torch.randn(size, size, generator=generator)
+    out = torch.empty(size, size)
+    return (lambda: torch.mm(a, b, out=out)), 2 * size**3
+
+
+def time_interleaved(
+    calls: dict[str, Callable[[], object]], rounds: int, per_round: int, warmup: int
+) -> dict[str, list[float]]:
+    """Seconds per call for every entry, measured in rounds that visit all entries in a rotating order."""
+    names = list(calls)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    with torch.inference_mode():
+        for name in names:
+            for _ in range(warmup):
+                calls[name]()
+        for round_index in range(rounds):
+            shift = round_index % len(names)
+            for name in names[shift:] + names[:shift]:
+                call = calls[name]
+                call()  # re-warm caches after the previous entry
+                for _ in range(per_round):
+                    start = time.perf_counter()
+                    call()
+                    samples[name].append(time.perf_counter() - start)
+    return samples
+
+
+def summarize(seconds: list[float]) -> tuple[float, float]:
+    """Median and inter-quartile range, in milliseconds."""
+    quartiles = statistics.quantiles(seconds, n=4, method="inclusive")
+    return statistics.median(seconds) * 1e3, (quartiles[2] - quartiles[0]) * 1e3
+
+
+def busy_machine(load: str, threshold: float = 1.5) -> bool:
+    try:
+        return float(load.split(" / ")[0]) > threshold
+    except ValueError:
+        return False
+
+
+# -------------------------------------------------------------------------------------------------- per-mixer profile
+
+
+def mixer_profile_blocks(kwargs: dict, donors: list[dict]) -> list[dict]:
+    """One block of each mixer type at each stage of the EvoNet `kwargs` describes, plus the geometries it avoids.
+
+    Geometries: every stage of the model (its resolution and width), and also the 56x56 stage a patch-4 stem would
+    add (at half the first width) and a 7x7 stage after the last (at twice the last width), marked "not in model".
+    A block type the model uses in a stage gets that block's sizes; otherwise the stage's width with the sizes
+    (mlp_ratio, d_state, ssm_ratio) of the type's first block in `kwargs` or else in `donors` (the other EvoNet
+    configs), or else the config defaults; heads are the config default for the width.
+    """
+    config = evonets.EvoNetConfig(image_size=IMAGE_SIZE, **kwargs)
+    grid = config.image_size // config.patch_size
+    all_args = []
+    for donor_kwargs in [kwargs, *donors]:
+        donor_config = evonets.EvoNetConfig(image_size=IMAGE_SIZE, **donor_kwargs)
+        all_args += [
+            donor_config.block_args(stage, index)
+            for stage in range(donor_config.num_stages)
+            for index in range(donor_config.depths[stage])
+        ]
+    geometries = [(None, 2 * grid, config.hidden_sizes[0] // 2)]
+    geometries += [(stage, grid // 2**stage, config.hidden_sizes[stage]) for stage in range(config.num_stages)]
+    geometries += [(None, grid // 2**config.num_stages, 2 * config.hidden_sizes[-1])]
+    entries = []
+    for stage, resolution, width in geometries:
+        stage_args = [config.block_args(stage, index) for index in range(config.depths[stage])] if stage is not None else []
+        for block_type in evonets.BLOCK_TYPES:
+            args = next((a for a in stage_args if a["block_type"] == block_type), None)
+            in_model = args is not None
+            if args is None:
+                donor = next((a for a in all_args if a["block_type"] == block_type), None)
+                probe = evonets.EvoNetConfig(
+                    image_size=IMAGE_SIZE,
+                    depths=[1],
+                    hidden_sizes=[width],
+                    block_types=[[block_type]],
+                    mlp_ratios=donor["mlp_ratio"] if donor else config.block_args(0, 0)["mlp_ratio"],
+                    d_states=donor["d_state"] if donor else 16,
+                    ssm_ratios=donor["ssm_ratio"] if donor else 2.0,
+                )
+                args = probe.block_args(0, 0)
+            torch.manual_seed(0)
+            block = EvoNetBlock(config, args).eval()
+            for module in block.modules():
+                if hasattr(module, "init_ssm_parameters"):
+                    module.init_ssm_parameters()
+            hidden = torch.randn(1, resolution, resolution, width)
+            with torch.no_grad():
+                mixer_input = block.norm1(hidden)
+            is_ssm = block_type in ("ss2d", "ssd")
+            entries.append(
+                {
+                    "stage": "-" if stage is None else str(stage + 1),
+                    "block_type": block_type,
+                    "resolution": resolution,
+                    "width": width,
+                    "d_state": args["d_state"] if is_ssm else None,
+                    "ssm_ratio": args["ssm_ratio"] if is_ssm else None,
+                    "in_model": in_model,
+                    "block": block,
+                    "input": hidden,
+                    "mixer_input": mixer_input,
+                    "block_macs": count_macs(block, hidden).total,
+                    "mixer_macs": count_macs(block.mixer, mixer_input).total,
+                }
+            )
+    return entries
+
+
+# ------------------------------------------------------------------------------------------------------ op profile
+
+OP_CATEGORIES = (
+    ("matmul", ("addmm", "aten::mm", "bmm", "matmul", "linear", "einsum", "scaled_dot_product", "flash_attention")),
+    ("conv", ("conv",)),
+    ("selective scan", ("selective_scan", "scan")),
+    ("norm", ("layer_norm", "native_layer_norm", "batch_norm", "group_norm")),
+    ("copy / layout", ("copy_", "contiguous", "clone", "cat", "stack", "flip", "to_copy", "permute", "transpose", "reshape", "view", "_unsafe_view", "expand", "as_strided", "empty", "split", "chunk", "unbind", "select", "slice")),
+)
+
+
+def op_category(name: str) -> str:
+    lowered = name.lower()
+    for category, keys in OP_CATEGORIES:
+        if any(key in lowered for key in keys):
+            return category
+    return "elementwise / other"
+
+
+def profile_ops(model: nn.Module, pixel_values: torch.Tensor, runs: int) -> tuple[list[dict], dict[str, float], float]:
+    """Top ops by self CPU time per forward, time per op category (ms per forward), profiled forward time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.inference_mode():
+        for _ in range(3):
+            model(pixel_values)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(runs):
+                model(pixel_values)
+    events = [event for event in prof.key_averages() if event.self_cpu_time_total > 0]
+    total_us = sum(event.self_cpu_time_total for event in events)
+    rows = [
+        {
+            "op": event.key,
+            "ms": event.self_cpu_time_total / runs / 1e3,
+            "share": event.self_cpu_time_total / total_us,
+            "calls": event.count / runs,
+        }
+        for event in sorted(events, key=lambda event: -event.self_cpu_time_total)
+    ]
+    categories: dict[str, float] = {}
+    for row in rows:
+        category = op_category(row["op"])
+        categories[category] = categories.get(category, 0.0) + row["ms"]
+    return rows, dict(sorted(categories.items(), key=lambda item: -item[1])), total_us / runs / 1e3
+
+
+# -------------------------------------------------------------------------------------------------------- markdown
+
+
+def machine_description() -> dict[str, str]:
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": str(os.cpu_count()),
+        "threads": str(torch.get_num_threads()),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "load": load_average(),
+    }
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages: other work on the machine inflates and scatters the timings."""
+    return " / ".join(f"{value:.2f}" for value in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+
+
+def markdown_table(header: list[str], rows: list[list[str]], align: list[str] | None = None) -> str:
+    align = align or ["left"] + ["right"] * (len(header) - 1)
+    rule = ["---:" if side == "right" else ":---" for side in align]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(rule) + " |"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_section(path: Path, body: str) -> None:
+    """Replace this script's section of `path` (create the file or the section if missing)."""
+    block = f"{MARK_START}\n{body.strip()}\n{MARK_END}"
+    text = path.read_text() if path.exists() else "# EvoNets benchmarks\n"
+    if MARK_START in text and MARK_END in text:
+        before, rest = text.split(MARK_START, 1)
+        after = rest.split(MARK_END, 1)[1]
+        text = before + block + after
+    else:
+        text = text.rstrip("\n") + f"\n\n{SECTION_TITLE}\n\n{block}\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def fmt(value: float, digits: int = 1) -> str:
+    return f"{value:.{digits}f}"
+
+
+# ------------------------------------------------------------------------------------------------------------ main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="few repeats, for a smoke run")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 20, quick 2)")
+    parser.add_argument("--per-round", type=int, default=None, help="timed calls per model and round (default 5, quick 2)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed calls per model first (default 5, quick 1)")
+    parser.add_argument("--torch-compile", action="store_true", help="also time torch.compile'd EvoNets and DeiT-tiny")
+    parser.add_argument("--no-mixer-profile", action="store_true", help="skip the per-mixer block timings")
+    parser.add_argument("--no-op-profile", action="store_true", help="skip the torch.profiler op breakdown")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="markdown file to update (default docs/benchmarks.md; with --quick nothing is written unless given)",
+    )
+    args = parser.parse_args(argv)
+    args.rounds = args.rounds or (2 if args.quick else 20)
+    args.per_round = args.per_round or (2 if args.quick else 5)
+    args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 5)
+    if args.output is None and not args.quick:
+        args.output = REPO / "docs" / "benchmarks.md"
+    return args
+
+
+def main(argv: list[str] | None = None) -> str:
+    args = parse_args(argv)
+    torch.set_num_threads(THREADS)
+    machine = machine_description()
+    log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
+    pixel_values = torch.randn(1, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(0))
+
+    models = {**build_baselines(), **build_evonets()}
+    if args.torch_compile:
+        for name in [REFERENCE, *EVONET_CONFIGS]:
+            models[f"{name} (compiled)"] = torch.compile(models[name])
+    stats = {}
+    for name, model in models.items():
+        if name.endswith("(compiled)"):
+            stats[name] = stats[name.removesuffix(" (compiled)")]
+            continue
+        macs = count_macs(model, pixel_values)
+        stats[name] = {"params": count_parameters(model), "macs": macs}
+        log(f"{name}: {stats[name]['params'] / 1e6:.2f} M params, {macs.total / 1e9:.3f} GMACs")
+
+    ceiling_call, ceiling_flops = matmul_ceiling_call()
+    calls = {name: (lambda model=model: model(pixel_values)) for name, model in models.items()}
+    calls["matmul 2048^3"] = ceiling_call
+    log(f"timing {len(calls)} entries: {args.rounds} rounds x {args.per_round} calls ...")
+    samples = time_interleaved(calls, args.rounds, args.per_round, args.warmup)
+    ceiling_ms, ceiling_iqr = summarize(samples.pop("matmul 2048^3"))
+    ceiling = ceiling_flops / (ceiling_ms / 1e3) / 1e9  # GFLOP/s
+    reference_ms = summarize(samples[REFERENCE])[0]
+
+    results = []
+    for name in models:
+        median_ms, iqr_ms = summarize(samples[name])
+        macs = stats[name]["macs"].total
+        gflops = 2 * macs / (median_ms / 1e3) / 1e9
+        results.append(
+            {
+                "name": name,
+                "params": stats[name]["params"],
+                "macs": macs,
+                "scan_macs": stats[name]["macs"].scan,
+                "median_ms": median_ms,
+                "iqr_ms": iqr_ms,
+                "min_ms": min(samples[name]) * 1e3,
+                "gflops": gflops,
+                "ceiling_share": gflops / ceiling,
+                "speedup": reference_ms / median_ms,
+            }
+        )
+    by_name = {row["name"]: row for row in results}
+    for row in results:
+        log(f"{row['name']:24s} {row['median_ms']:8.2f} ms  {row['gflops']:6.1f} GFLOP/s  x{row['speedup']:.2f}")
+    log(f"matmul ceiling: {ceiling:.1f} GFLOP/s")
+
+    mixer_rows = []
+    if not args.no_mixer_profile:
+        donors = [kwargs for name, kwargs in EVONET_CONFIGS.items() if name != GOAL_MODEL]
+        entries = mixer_profile_blocks(EVONET_CONFIGS[GOAL_MODEL], donors)
+        log(f"timing {len(entries)} single blocks ...")
+        block_calls = {}
+        for index, entry in enumerate(entries):
+            block_calls[(index, "block")] = lambda entry=entry: entry["block"](entry["input"])
+            block_calls[(index, "mixer")] = lambda entry=entry: entry["block"].mixer(entry["mixer_input"])
+        rounds = max(2, args.rounds // 2)
+        block_samples = time_interleaved(block_calls, rounds, args.per_round, args.warmup)
+        for index, entry in enumerate(entries):
+            block_ms = summarize(block_samples[(index, "block")])[0]
+            mixer_ms = summarize(block_samples[(index, "mixer")])[0]
+            mixer_rows.append(
+                {
+                    **{key: entry[key] for key in ("stage", "block_type", "resolution", "width", "d_state", "ssm_ratio", "in_model")},
+                    "block_ms": block_ms,
+                    "block_macs": entry["block_macs"],
+                    "block_gflops": 2 * entry["block_macs"] / block_ms / 1e6,
+                    "mixer_ms": mixer_ms,
+                    "mixer_macs": entry["mixer_macs"],
+                    "mixer_gflops": 2 * entry["mixer_macs"] / mixer_ms / 1e6,
+                }
+            )
+
+    op_rows, op_categories, profiled_ms = [], {}, 0.0
+    if not args.no_op_profile:
+        log("profiling ops ...")
+        op_rows, op_categories, profiled_ms = profile_ops(models[GOAL_MODEL], pixel_values, runs=5 if args.quick else 30)
+
+    machine["load_end"] = load_average()
+    body = render(
+        args, machine, results, by_name, ceiling, ceiling_ms, ceiling_iqr, mixer_rows, op_rows, op_categories, profiled_ms, models
+    )
+    print(body)
+    if args.output is not None:
+        write_section(args.output, body)
+        log(f"wrote {args.output}")
+    return body
+
+
+def render(args, machine, results, by_name, ceiling, ceiling_ms, ceiling_iqr, mixer_rows, op_rows, op_categories, profiled_ms, models) -> str:
+    backends = sorted({backend for model in models.values() for backend in scan_backends(model)})
+    if backends == ["auto"]:
+        backends = [f"auto = {resolved_scan_backend()}"]
+    samples_per_model = args.rounds * args.per_round
+    lines = [
+        f"Measured by `bench/bench_latency.py`{' --quick' if args.quick else ''} on {machine['date']}: "
+        f"{machine['cpu']}, {machine['cores']} cores, {THREADS} threads (`torch.set_num_threads`), torch {machine['torch']}, "
+        f"transformers {machine['transformers']}, Python {machine['python']}; load average (1 / 5 / 15 min) "
+        f"{machine['load']} at the start and {machine['load_end']} at the end. Batch 1, 224 x 224, fp32, eval, `torch.inference_mode`, random weights (built from configs). "
+        f"All models in one process, timed in {args.rounds} interleaved rounds of {args.per_round} calls "
+        f"({samples_per_model} calls each, after {args.warmup} warm-up calls). SS2D scan backend: "
+        f"{', '.join(backends) or 'n/a'}.",
+        "",
+    ]
+    if busy_machine(machine["load"]) or busy_machine(machine["load_end"]):
+        lines += [
+            "> **Other work was running on the machine during this run** (1-minute load average above 1.5): "
+            "absolute times are inflated and scattered, ratios less so (the rounds are interleaved), and the "
+            "minimum is the least disturbed figure.",
+            "",
+        ]
+    lines += [
+        f"**Matmul ceiling**: fp32 {CEILING_SIZE}x{CEILING_SIZE} @ {CEILING_SIZE}x{CEILING_SIZE} takes {fmt(ceiling_ms)} ms "
+        f"(IQR {fmt(ceiling_iqr, 2)}) = **{fmt(ceiling)} GFLOP/s** on {THREADS} threads.",
+        "",
+        "MACs are `evonets.profiling.count_macs`: matmuls and convolutions (attention's `QKᵀ` and `PV` included), "
+        "plus each SS2D scan's state updates and read-outs (`2 * 4 * d_inner * H * W * d_state`) counted analytically; "
+        "norms, activations and elementwise ops are free. Achieved GFLOP/s = 2 * MACs / median time.",
+        "",
+    ]
+    header = ["model", "params (M)", "GMACs", "median ms", "IQR ms", "min ms", "GFLOP/s", "% of ceiling", f"speed vs {REFERENCE}"]
+    rows = [
+        [
+            row["name"],
+            fmt(row["params"] / 1e6, 2),
+            fmt(row["macs"] / 1e9, 3),
+            fmt(row["median_ms"], 1),
+            fmt(row["iqr_ms"], 1),
+            fmt(row["min_ms"], 1),
+            fmt(row["gflops"], 1),
+            fmt(100 * row["ceiling_share"], 0) + " %",
+            fmt(row["speedup"], 2) + "x",
+        ]
+        for row in results
+    ]
+    lines += [markdown_table(header, rows), ""]
+
+    lines += ["EvoNet configurations (`evonets.EvoNetConfig` keyword arguments; `image_size=224`, `num_labels=1000`):", ""]
+    for name, kwargs in EVONET_CONFIGS.items():
+        scan = by_name[name]["scan_macs"]
+        lines.append(f"- **{name}** (scan MACs {scan / 1e6:.1f} M): `{kwargs}`")
+    lines.append("")
+
+    goal = by_name.get(GOAL_MODEL)
+    if goal is not None:
+        ratios = {rival: goal["speedup"] / by_name[rival]["speedup"] for rival in GOAL_RIVALS}
+        met = all(ratio >= GOAL_SPEEDUP for ratio in ratios.values()) and goal["ceiling_share"] >= GOAL_CEILING_FRACTION
+        needed_ms = 2 * goal["macs"] / (GOAL_CEILING_FRACTION * ceiling * 1e9) * 1e3
+        lines += [
+            f"**Goal** ({GOAL_MODEL} at >= {GOAL_SPEEDUP}x the speed of {' and '.join(GOAL_RIVALS)}, at >= "
+            f"{int(100 * GOAL_CEILING_FRACTION)} % of the matmul ceiling): **{'met' if met else 'not met'}**. "
+            + ", ".join(f"{fmt(ratio, 2)}x {rival}" for rival, ratio in ratios.items())
+            + f", {fmt(100 * goal['ceiling_share'], 0)} % of the ceiling ({fmt(goal['median_ms'])} ms for "
+            f"{fmt(goal['macs'] / 1e9, 3)} GMACs; {int(100 * GOAL_CEILING_FRACTION)} % of the ceiling would be "
+            f"{fmt(needed_ms)} ms).",
+            "",
+        ]
+
+    if mixer_rows:
+        lines += [
+            "### Per-mixer profile",
+            "",
+            f"One block (LayerNorm, mixer, residual, LayerNorm, MLP, residual) of each mixer type at each stage of "
+            f"{GOAL_MODEL} (its width; the mixer sizes of the EvoNets above: d_state N, ssm_ratio r, default heads), "
+            f"and at two geometries it avoids (stage '-': the 56x56 stage of a patch-4 stem at half the first width, "
+            f"and a 7x7 stage at twice the last width). 'mixer' is the token mixer alone. Same timing method, "
+            f"interleaved, batch 1; 'used' marks the block types {GOAL_MODEL} has in that stage.",
+            "",
+        ]
+        header = ["stage", "tokens", "width", "mixer", "used", "block ms", "block MMACs", "block GFLOP/s", "mixer ms", "mixer MMACs", "mixer GFLOP/s"]
+        rows = []
+        for row in mixer_rows:
+            extra = f" (N={row['d_state']}, r={row['ssm_ratio']:g})" if row["d_state"] is not None else ""
+            rows.append(
+                [
+                    row["stage"],
+                    f"{row['resolution']}x{row['resolution']}",
+                    str(row["width"]),
+                    row["block_type"] + extra,
+                    "yes" if row["in_model"] else "",
+                    fmt(row["block_ms"], 2),
+                    fmt(row["block_macs"] / 1e6),
+                    fmt(row["block_gflops"]),
+                    fmt(row["mixer_ms"], 2),
+                    fmt(row["mixer_macs"] / 1e6),
+                    fmt(row["mixer_gflops"]),
+                ]
+            )
+        lines += [markdown_table(header, rows, ["right", "left", "right", "left", "left"] + ["right"] * 6), ""]
+
+    if op_rows:
+        lines += [
+            f"### Where {GOAL_MODEL}'s time goes",
+            "",
+            f"`torch.profiler` (CPU, self time of each op, averaged over the profiled forwards; profiled forward "
+            f"{fmt(profiled_ms)} ms including profiler overhead). By category:",
+            "",
+            markdown_table(
+                ["category", "ms / forward", "share"],
+                [[name, fmt(ms, 2), fmt(100 * ms / profiled_ms, 0) + " %"] for name, ms in op_categories.items()],
+            ),
+            "",
+            "Top ops:",
+            "",
+            markdown_table(
+                ["op", "self ms / forward", "share", "calls / forward"],
+                [[f"`{row['op']}`", fmt(row["ms"], 2), fmt(100 * row["share"], 1) + " %", fmt(row["calls"], 0)] for row in op_rows[:15]],
+            ),
+            "",
+        ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
