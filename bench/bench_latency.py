@@ -1,6 +1,6 @@
 """CPU latency of EvoNets against transformers' small vision models: batch 1, 224 x 224, 2 threads, one process.
 
-    python bench/bench_latency.py            # full run (about 15 minutes on 2 cores), writes docs/benchmarks.md
+    python bench/bench_latency.py            # full run (about 2 minutes on 2 idle cores), writes docs/benchmarks.md
     python bench/bench_latency.py --quick    # smoke run: few repeats, no file written unless --output is given
 
 What it does, all in one process and one run so that machine noise hits every model alike:
@@ -23,27 +23,31 @@ What it does, all in one process and one run so that machine noise hits every mo
 from __future__ import annotations
 
 import argparse
-import datetime
+import ctypes
 import importlib
 import os
-import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
+
+try:
+    import resource
+except ImportError:  # not on Unix
+    resource = None
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
 try:
-    import evonets  # noqa: F401  (an installed or PYTHONPATH copy wins)
-except ImportError:
+    import evonets
+except ImportError:  # a checkout that is not installed: use it
     sys.path.insert(0, str(REPO))
+    import evonets
 
-import transformers  # noqa: E402
-from transformers import (  # noqa: E402
+from transformers import (
     ConvNextV2Config,
     ConvNextV2ForImageClassification,
     DeiTConfig,
@@ -54,16 +58,17 @@ from transformers import (  # noqa: E402
     SwinForImageClassification,
 )
 
-import evonets  # noqa: E402
-from evonets.mixer_ss2d import EvoNetSelectiveScan  # noqa: E402
-from evonets.modeling_evonet import EvoNetBlock  # noqa: E402
-from evonets.profiling import count_macs, count_parameters  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _report
+
+from evonets.mixer_ss2d import EvoNetSelectiveScan
+from evonets.modeling_evonet import EvoNetBlock
+from evonets.profiling import count_macs, count_parameters
 
 THREADS = 2
 IMAGE_SIZE = 224
 CEILING_SIZE = 2048
-MARK_START, MARK_END = "<!-- bench_latency:start -->", "<!-- bench_latency:end -->"
-SECTION_TITLE = "## CPU latency"
+SECTION_NAME, SECTION_TITLE = "bench_latency", "CPU latency"  # <!-- bench_latency:start/end --> under ## CPU latency
 REFERENCE = "DeiT-tiny"
 GOAL_MODEL = "EvoNet-1G"
 GOAL_RIVALS = ("DeiT-tiny", "PVTv2-b0")
@@ -71,39 +76,41 @@ GOAL_SPEEDUP, GOAL_CEILING_FRACTION = 1.5, 0.5
 
 # The EvoNets, as `EvoNetConfig` keyword arguments, designed from per-mixer measurements on this 2-core CPU
 # (the "Per-mixer profile" of docs/benchmarks.md):
-# * An 8x8 patch stem skips the 56x56 stage: there a block's matmuls have K = C <= 64 and its LayerNorms, GELU and
-#   depthwise conv are memory-bound, so it runs at a fraction of the matmul ceiling.
-# * Most MACs sit in 28x28 blocks 112-192 wide: with 784 tokens the MLP matmuls reach ~170 of ~200 GFLOP/s, more
-#   than at 14x14 (~140-155) or 7x7 (weights streamed for 49 rows). Conv blocks (depthwise 7x7 + MLP) are the
-#   fastest per MAC, SSD (pure matmuls, one global state) next, then global attention (best at 14x14).
-# * SS2D costs 2-3x more time per MAC than the others at every size tried (its scan, four scan orders and their
-#   copies move d_inner x L x 4 values several times for few MACs), so the 0.5G and 1G models leave it out and the
-#   2.5G model has one, 14x14, ssm_ratio 1, d_state 2.
+# * An 8x8 patch stem skips the 56x56 stage: there blocks are narrow (K = C <= 80 in every matmul) and the
+#   LayerNorms, GELU and depthwise convs over 3136 tokens are memory-bound.
+# * Most MACs sit in 28x28 blocks 112-160 wide: with 784 tokens the MLP matmuls reach ~170-190 of ~190-200 GFLOP/s,
+#   more than with 196 tokens (~140-170) or 49 (weights streamed for few rows). Conv blocks (depthwise 7x7 + MLP)
+#   are the fastest per MAC (~160 GFLOP/s a block), then SSD and attention blocks (~145-155).
+# * SS2D runs at a third to a half of that per MAC at every size tried (its fused scan, a softplus and an exp per
+#   channel and step, takes a third of its time; the four scan orders' flips, transposes and stacking a sixth),
+#   so the 0.5G and 1G models leave it out and the 2.5G model has one, 14x14, ssm_ratio 1, d_state 2.
+# * "1G" is 0.85 GMAC: the whole model already runs its linear layers at ~180 GFLOP/s, so each 0.05 GMAC costs
+#   ~0.7 ms; at 0.90 GMAC (hidden_sizes [160, 320]) it measured ~1.5x DeiT-tiny but ~1.45x PVTv2-b0.
 EVONET_CONFIGS: dict[str, dict] = {
-    "EvoNet-0.5G": dict(
-        patch_size=8,
-        depths=[3, 1],
-        hidden_sizes=[112, 224],
-        block_types=[["conv", "ssd", "conv"], ["attention"]],
-        d_states=32,
-        ssm_ratios=1.0,
-    ),
-    "EvoNet-1G": dict(
-        patch_size=8,
-        depths=[3, 1],
-        hidden_sizes=[160, 320],
-        block_types=[["conv", "ssd", "conv"], ["attention"]],
-        d_states=32,
-        ssm_ratios=1.0,
-    ),
-    "EvoNet-2.5G": dict(
-        patch_size=8,
-        depths=[5, 3],
-        hidden_sizes=[192, 384],
-        block_types=[["conv", "ssd", "conv", "ssd", "conv"], ["attention", "ss2d", "attention"]],
-        d_states=[32, [32, 2, 32]],
-        ssm_ratios=1.0,
-    ),
+    "EvoNet-0.5G": {
+        "patch_size": 8,
+        "depths": [3, 1],
+        "hidden_sizes": [112, 224],
+        "block_types": [["conv", "ssd", "conv"], ["attention"]],
+        "d_states": 32,
+        "ssm_ratios": 1.0,
+    },
+    "EvoNet-1G": {
+        "patch_size": 8,
+        "depths": [3, 1],
+        "hidden_sizes": [160, 288],
+        "block_types": [["conv", "ssd", "conv"], ["attention"]],
+        "d_states": 32,
+        "ssm_ratios": 1.0,
+    },
+    "EvoNet-2.5G": {
+        "patch_size": 8,
+        "depths": [5, 3],
+        "hidden_sizes": [192, 384],
+        "block_types": [["conv", "ssd", "conv", "ssd", "conv"], ["attention", "ss2d", "attention"]],
+        "d_states": [32, [32, 2, 32]],
+        "ssm_ratios": 1.0,
+    },
 }
 
 
@@ -164,6 +171,27 @@ def scan_backends(model: nn.Module) -> list[str]:
 # ----------------------------------------------------------------------------------------------------------- timing
 
 
+def keep_freed_memory() -> bool:
+    """Tell glibc malloc to keep freed memory instead of returning it to the OS (False if not glibc).
+
+    By default glibc serves allocations above a (self-adjusting) threshold with fresh `mmap`s and unmaps them on
+    free, so a model whose temporaries are large re-faults its pages on every call: PVTv2-b0 takes ~8k minor page
+    faults per forward, ~10 ms of its ~30 ms, and how many depends on what ran before in the process. Raising
+    `M_MMAP_THRESHOLD` to its maximum (32 MiB) and `M_TRIM_THRESHOLD` to 1 GiB makes every model reuse its memory,
+    as jemalloc / tcmalloc, usual for CPU inference, do.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from <malloc.h>
+    return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
+
+
+def minor_page_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt if resource is not None else 0
+
+
 def matmul_ceiling_call(size: int = CEILING_SIZE) -> tuple[Callable[[], object], int]:
     """A `size`^3 fp32 matmul and its FLOPs: the machine's practical compute ceiling at this thread count."""
     generator = torch.Generator().manual_seed(0)
@@ -174,11 +202,19 @@ def matmul_ceiling_call(size: int = CEILING_SIZE) -> tuple[Callable[[], object],
 
 
 def time_interleaved(
-    calls: dict[str, Callable[[], object]], rounds: int, per_round: int, warmup: int
+    calls: dict[str, Callable[[], object]],
+    rounds: int,
+    per_round: int,
+    warmup: int,
+    faults: dict[str, int] | None = None,
 ) -> dict[str, list[float]]:
-    """Seconds per call for every entry, measured in rounds that visit all entries in a rotating order."""
+    """Seconds per call for every entry, measured in rounds that visit all entries in a rotating order.
+
+    If `faults` is given, it receives each entry's minor page faults over its timed calls.
+    """
     names = list(calls)
     samples: dict[str, list[float]] = {name: [] for name in names}
+    faults = {} if faults is None else faults
     with torch.inference_mode():
         for name in names:
             for _ in range(warmup):
@@ -188,10 +224,12 @@ def time_interleaved(
             for name in names[shift:] + names[:shift]:
                 call = calls[name]
                 call()  # re-warm caches after the previous entry
+                faults_before = minor_page_faults()
                 for _ in range(per_round):
                     start = time.perf_counter()
                     call()
                     samples[name].append(time.perf_counter() - start)
+                faults[name] = faults.get(name, 0) + minor_page_faults() - faults_before
     return samples
 
 
@@ -201,11 +239,34 @@ def summarize(seconds: list[float]) -> tuple[float, float]:
     return statistics.median(seconds) * 1e3, (quartiles[2] - quartiles[0]) * 1e3
 
 
-def busy_machine(load: str, threshold: float = 1.5) -> bool:
-    try:
-        return float(load.split(" / ")[0]) > threshold
-    except ValueError:
-        return False
+class OtherCpuUse:
+    """CPU time other processes used while this one ran, from /proc/stat minus our own rusage (Linux only).
+
+    The load average lags by a minute and counts this run's own threads; this measures the interference itself.
+    """
+
+    def __init__(self):
+        self.start = self._sample()
+
+    @staticmethod
+    def _sample() -> tuple[float, float, float] | None:
+        try:
+            fields = [float(value) for value in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+        except (OSError, ValueError, IndexError):
+            return None
+        user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+        busy = (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+        own = resource.getrusage(resource.RUSAGE_SELF) if resource is not None else None
+        own_seconds = own.ru_utime + own.ru_stime if own is not None else 0.0
+        return busy, own_seconds, time.perf_counter()
+
+    def cores(self) -> float | None:
+        """Average number of cores other processes kept busy since construction."""
+        end = self._sample()
+        if self.start is None or end is None:
+            return None
+        wall = end[2] - self.start[2]
+        return max(0.0, (end[0] - self.start[0]) - (end[1] - self.start[1])) / wall if wall > 0 else None
 
 
 # -------------------------------------------------------------------------------------------------- per-mixer profile
@@ -235,7 +296,9 @@ def mixer_profile_blocks(kwargs: dict, donors: list[dict]) -> list[dict]:
     geometries += [(None, grid // 2**config.num_stages, 2 * config.hidden_sizes[-1])]
     entries = []
     for stage, resolution, width in geometries:
-        stage_args = [config.block_args(stage, index) for index in range(config.depths[stage])] if stage is not None else []
+        stage_args = (
+            [config.block_args(stage, index) for index in range(config.depths[stage])] if stage is not None else []
+        )
         for block_type in evonets.BLOCK_TYPES:
             args = next((a for a in stage_args if a["block_type"] == block_type), None)
             in_model = args is not None
@@ -286,7 +349,31 @@ OP_CATEGORIES = (
     ("conv", ("conv",)),
     ("selective scan", ("selective_scan", "scan")),
     ("norm", ("layer_norm", "native_layer_norm", "batch_norm", "group_norm")),
-    ("copy / layout", ("copy_", "contiguous", "clone", "cat", "stack", "flip", "to_copy", "permute", "transpose", "reshape", "view", "_unsafe_view", "expand", "as_strided", "empty", "split", "chunk", "unbind", "select", "slice")),
+    (
+        "copy / layout",
+        (
+            "copy_",
+            "contiguous",
+            "clone",
+            "cat",
+            "stack",
+            "flip",
+            "to_copy",
+            "permute",
+            "transpose",
+            "reshape",
+            "view",
+            "_unsafe_view",
+            "expand",
+            "as_strided",
+            "empty",
+            "split",
+            "chunk",
+            "unbind",
+            "select",
+            "slice",
+        ),
+    ),
 )
 
 
@@ -329,30 +416,9 @@ def profile_ops(model: nn.Module, pixel_values: torch.Tensor, runs: int) -> tupl
 # -------------------------------------------------------------------------------------------------------- markdown
 
 
-def machine_description() -> dict[str, str]:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": str(os.cpu_count()),
-        "threads": str(torch.get_num_threads()),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-        "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
-        "load": load_average(),
-    }
-
-
 def load_average() -> str:
     """The 1, 5 and 15 minute load averages: other work on the machine inflates and scatters the timings."""
-    return " / ".join(f"{value:.2f}" for value in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    return "{:.1f} {:.1f} {:.1f}".format(*os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
 
 
 def markdown_table(header: list[str], rows: list[list[str]], align: list[str] | None = None) -> str:
@@ -361,20 +427,6 @@ def markdown_table(header: list[str], rows: list[list[str]], align: list[str] | 
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(rule) + " |"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
-
-
-def write_section(path: Path, body: str) -> None:
-    """Replace this script's section of `path` (create the file or the section if missing)."""
-    block = f"{MARK_START}\n{body.strip()}\n{MARK_END}"
-    text = path.read_text() if path.exists() else "# EvoNets benchmarks\n"
-    if MARK_START in text and MARK_END in text:
-        before, rest = text.split(MARK_START, 1)
-        after = rest.split(MARK_END, 1)[1]
-        text = before + block + after
-    else:
-        text = text.rstrip("\n") + f"\n\n{SECTION_TITLE}\n\n{block}\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
 
 
 def fmt(value: float, digits: int = 1) -> str:
@@ -387,10 +439,17 @@ def fmt(value: float, digits: int = 1) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="few repeats, for a smoke run")
-    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 20, quick 2)")
-    parser.add_argument("--per-round", type=int, default=None, help="timed calls per model and round (default 5, quick 2)")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 30, quick 2)")
+    parser.add_argument(
+        "--per-round", type=int, default=None, help="timed calls per model and round (default 5, quick 2)"
+    )
     parser.add_argument("--warmup", type=int, default=None, help="untimed calls per model first (default 5, quick 1)")
     parser.add_argument("--torch-compile", action="store_true", help="also time torch.compile'd EvoNets and DeiT-tiny")
+    parser.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="leave glibc malloc as it is (by default it is told to keep freed memory: see keep_freed_memory)",
+    )
     parser.add_argument("--no-mixer-profile", action="store_true", help="skip the per-mixer block timings")
     parser.add_argument("--no-op-profile", action="store_true", help="skip the torch.profiler op breakdown")
     parser.add_argument(
@@ -400,19 +459,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="markdown file to update (default docs/benchmarks.md; with --quick nothing is written unless given)",
     )
     args = parser.parse_args(argv)
-    args.rounds = args.rounds or (2 if args.quick else 20)
+    args.rounds = args.rounds or (2 if args.quick else 30)
     args.per_round = args.per_round or (2 if args.quick else 5)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 5)
     if args.output is None and not args.quick:
-        args.output = REPO / "docs" / "benchmarks.md"
+        args.output = _report.DOC_PATH
     return args
 
 
 def main(argv: list[str] | None = None) -> str:
     args = parse_args(argv)
     torch.set_num_threads(THREADS)
-    machine = machine_description()
-    log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
+    malloc_tuned = False if args.default_malloc else keep_freed_memory()
+    machine = {"line": _report.machine_description(THREADS), "load": load_average(), "malloc_tuned": malloc_tuned}
+    other_cpu = OtherCpuUse()
+    log = lambda message: print(message, file=sys.stderr, flush=True)
     pixel_values = torch.randn(1, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(0))
 
     models = {**build_baselines(), **build_evonets()}
@@ -432,7 +493,8 @@ def main(argv: list[str] | None = None) -> str:
     calls = {name: (lambda model=model: model(pixel_values)) for name, model in models.items()}
     calls["matmul 2048^3"] = ceiling_call
     log(f"timing {len(calls)} entries: {args.rounds} rounds x {args.per_round} calls ...")
-    samples = time_interleaved(calls, args.rounds, args.per_round, args.warmup)
+    faults: dict[str, int] = {}
+    samples = time_interleaved(calls, args.rounds, args.per_round, args.warmup, faults)
     ceiling_ms, ceiling_iqr = summarize(samples.pop("matmul 2048^3"))
     ceiling = ceiling_flops / (ceiling_ms / 1e3) / 1e9  # GFLOP/s
     reference_ms = summarize(samples[REFERENCE])[0]
@@ -451,17 +513,17 @@ def main(argv: list[str] | None = None) -> str:
                 "median_ms": median_ms,
                 "iqr_ms": iqr_ms,
                 "min_ms": min(samples[name]) * 1e3,
+                "faults": faults[name] / len(samples[name]),
                 "gflops": gflops,
                 "ceiling_share": gflops / ceiling,
                 "speedup": reference_ms / median_ms,
             }
         )
-    by_name = {row["name"]: row for row in results}
     for row in results:
         log(f"{row['name']:24s} {row['median_ms']:8.2f} ms  {row['gflops']:6.1f} GFLOP/s  x{row['speedup']:.2f}")
     log(f"matmul ceiling: {ceiling:.1f} GFLOP/s")
 
-    mixer_rows = []
+    mixer_rows, entries = [], []
     if not args.no_mixer_profile:
         donors = [kwargs for name, kwargs in EVONET_CONFIGS.items() if name != GOAL_MODEL]
         entries = mixer_profile_blocks(EVONET_CONFIGS[GOAL_MODEL], donors)
@@ -477,7 +539,10 @@ def main(argv: list[str] | None = None) -> str:
             mixer_ms = summarize(block_samples[(index, "mixer")])[0]
             mixer_rows.append(
                 {
-                    **{key: entry[key] for key in ("stage", "block_type", "resolution", "width", "d_state", "ssm_ratio", "in_model")},
+                    **{
+                        key: entry[key]
+                        for key in ("stage", "block_type", "resolution", "width", "d_state", "ssm_ratio", "in_model")
+                    },
                     "block_ms": block_ms,
                     "block_macs": entry["block_macs"],
                     "block_gflops": 2 * entry["block_macs"] / block_ms / 1e6,
@@ -488,53 +553,125 @@ def main(argv: list[str] | None = None) -> str:
             )
 
     op_rows, op_categories, profiled_ms = [], {}, 0.0
+    slow_mixer = None
     if not args.no_op_profile:
         log("profiling ops ...")
-        op_rows, op_categories, profiled_ms = profile_ops(models[GOAL_MODEL], pixel_values, runs=5 if args.quick else 30)
+        op_rows, op_categories, profiled_ms = profile_ops(
+            models[GOAL_MODEL], pixel_values, runs=5 if args.quick else 30
+        )
+        if mixer_rows:
+            # The mixer furthest below the ceiling at the model's own stages (conv mixers have almost no MACs, so
+            # their GFLOP/s says nothing), profiled alone.
+            candidates = [
+                (row, entry)
+                for row, entry in zip(mixer_rows, entries)
+                if row["stage"] != "-" and row["block_type"] != "conv"
+            ]
+            row, entry = min(candidates, key=lambda pair: pair[0]["mixer_gflops"])
+            rows, categories, total_ms = profile_ops(
+                entry["block"].mixer, entry["mixer_input"], runs=10 if args.quick else 100
+            )
+            mixer = entry["block"].mixer
+            scan_macs = mixer.scan_macs(row["resolution"], row["resolution"]) if hasattr(mixer, "scan_macs") else 0
+            slow_mixer = {
+                "row": row,
+                "rows": rows,
+                "categories": categories,
+                "profiled_ms": total_ms,
+                "scan_macs": scan_macs,
+            }
 
     machine["load_end"] = load_average()
-    body = render(
-        args, machine, results, by_name, ceiling, ceiling_ms, ceiling_iqr, mixer_rows, op_rows, op_categories, profiled_ms, models
-    )
+    machine["other_cores"] = other_cpu.cores()
+    ceiling_stats = {"gflops": ceiling, "ms": ceiling_ms, "iqr_ms": ceiling_iqr}
+    ops = {"rows": op_rows, "categories": op_categories, "profiled_ms": profiled_ms, "slow_mixer": slow_mixer}
+    body = render(args, machine, results, ceiling_stats, mixer_rows, ops, models)
     print(body)
     if args.output is not None:
-        write_section(args.output, body)
+        _report.write_section(SECTION_NAME, SECTION_TITLE, body, path=args.output)
         log(f"wrote {args.output}")
     return body
 
 
-def render(args, machine, results, by_name, ceiling, ceiling_ms, ceiling_iqr, mixer_rows, op_rows, op_categories, profiled_ms, models) -> str:
+def render(
+    args: argparse.Namespace,
+    machine: dict,
+    results: list[dict],
+    ceiling_stats: dict,
+    mixer_rows: list[dict],
+    ops: dict,
+    models: dict[str, nn.Module],
+) -> str:
+    """The markdown section: setup, model table, goal check, per-mixer profile, op profile."""
+    by_name = {row["name"]: row for row in results}
+    ceiling, ceiling_ms, ceiling_iqr = ceiling_stats["gflops"], ceiling_stats["ms"], ceiling_stats["iqr_ms"]
+    op_rows, op_categories, profiled_ms = ops["rows"], ops["categories"], ops["profiled_ms"]
     backends = sorted({backend for model in models.values() for backend in scan_backends(model)})
     if backends == ["auto"]:
         backends = [f"auto = {resolved_scan_backend()}"]
     samples_per_model = args.rounds * args.per_round
     lines = [
-        f"Measured by `bench/bench_latency.py`{' --quick' if args.quick else ''} on {machine['date']}: "
-        f"{machine['cpu']}, {machine['cores']} cores, {THREADS} threads (`torch.set_num_threads`), torch {machine['torch']}, "
-        f"transformers {machine['transformers']}, Python {machine['python']}; load average (1 / 5 / 15 min) "
-        f"{machine['load']} at the start and {machine['load_end']} at the end. Batch 1, 224 x 224, fp32, eval, `torch.inference_mode`, random weights (built from configs). "
-        f"All models in one process, timed in {args.rounds} interleaved rounds of {args.per_round} calls "
-        f"({samples_per_model} calls each, after {args.warmup} warm-up calls). SS2D scan backend: "
-        f"{', '.join(backends) or 'n/a'}.",
+        (
+            f"Measured by `python bench/bench_latency.py{' --quick' if args.quick else ''}`: {machine['line']}; "
+            f"load average at the end {machine['load_end']}. Batch 1, 224 x 224, fp32, eval, `torch.inference_mode`, "
+            f"random weights (models built from configs). All models in one process, timed in {args.rounds} interleaved rounds "
+            f"of {args.per_round} calls "
+            f"({samples_per_model} calls each, after {args.warmup} warm-up calls). SS2D scan backend: "
+            f"{', '.join(backends) or 'n/a'}."
+        ),
         "",
     ]
-    if busy_machine(machine["load"]) or busy_machine(machine["load_end"]):
+    other = machine["other_cores"]
+    if other is not None:
         lines += [
-            "> **Other work was running on the machine during this run** (1-minute load average above 1.5): "
-            "absolute times are inflated and scattered, ratios less so (the rounds are interleaved), and the "
-            "minimum is the least disturbed figure.",
+            f"Other processes (or the hypervisor) used {other:.2f} of the {os.cpu_count()} cores on average during the "
+            "run (busy CPU time from /proc/stat minus this process's own)."
+            + (
+                " **That is enough to disturb the timings**: absolute times are inflated and scattered, models made "
+                "of many small ops (PVTv2, Swin) suffer most since every op's OpenMP threads wait for a preempted "
+                "peer; ratios suffer less (the rounds are interleaved), and the minimum is the least disturbed "
+                "figure."
+                if other > 0.1
+                else ""
+            ),
             "",
         ]
     lines += [
-        f"**Matmul ceiling**: fp32 {CEILING_SIZE}x{CEILING_SIZE} @ {CEILING_SIZE}x{CEILING_SIZE} takes {fmt(ceiling_ms)} ms "
-        f"(IQR {fmt(ceiling_iqr, 2)}) = **{fmt(ceiling)} GFLOP/s** on {THREADS} threads.",
+        (
+            f"**Matmul ceiling**: fp32 {CEILING_SIZE}x{CEILING_SIZE} @ {CEILING_SIZE}x{CEILING_SIZE} takes {fmt(ceiling_ms)} ms "
+            f"(IQR {fmt(ceiling_iqr, 2)}) = **{fmt(ceiling)} GFLOP/s** on {THREADS} threads."
+        ),
         "",
-        "MACs are `evonets.profiling.count_macs`: matmuls and convolutions (attention's `QKᵀ` and `PV` included), "
-        "plus each SS2D scan's state updates and read-outs (`2 * 4 * d_inner * H * W * d_state`) counted analytically; "
-        "norms, activations and elementwise ops are free. Achieved GFLOP/s = 2 * MACs / median time.",
+        (
+            "MACs are `evonets.profiling.count_macs`: matmuls and convolutions (attention's `QKᵀ` and `PV` included), "
+            "plus each SS2D scan's state updates and read-outs (`2 * 4 * d_inner * H * W * d_state`) counted analytically; "
+            "norms, activations and elementwise ops are free. Achieved GFLOP/s = 2 * MACs / median time."
+        ),
+        "",
+        (
+            "Memory allocator: glibc malloc told to keep freed memory (`M_MMAP_THRESHOLD` 32 MiB, `M_TRIM_THRESHOLD` "
+            "1 GiB, as jemalloc / tcmalloc behave), so no model re-faults its temporaries' pages on every call. With "
+            "glibc's defaults (`--default-malloc`) models with large temporaries pay minor page faults per call "
+            "(PVTv2-b0: ~8k, ~10 ms) and their latency depends on what ran before in the process."
+            if machine["malloc_tuned"]
+            else "Memory allocator: glibc defaults (`--default-malloc` or not glibc): models with large temporaries "
+            "pay minor page faults on every call (see the last column), and their latency depends on what ran "
+            "before in the process."
+        ),
         "",
     ]
-    header = ["model", "params (M)", "GMACs", "median ms", "IQR ms", "min ms", "GFLOP/s", "% of ceiling", f"speed vs {REFERENCE}"]
+    header = [
+        "model",
+        "params (M)",
+        "GMACs",
+        "median ms",
+        "IQR ms",
+        "min ms",
+        "GFLOP/s",
+        "% of ceiling",
+        f"speed vs {REFERENCE}",
+        "page faults / call",
+    ]
     rows = [
         [
             row["name"],
@@ -546,15 +683,20 @@ def render(args, machine, results, by_name, ceiling, ceiling_ms, ceiling_iqr, mi
             fmt(row["gflops"], 1),
             fmt(100 * row["ceiling_share"], 0) + " %",
             fmt(row["speedup"], 2) + "x",
+            fmt(row["faults"], 0),
         ]
         for row in results
     ]
     lines += [markdown_table(header, rows), ""]
 
-    lines += ["EvoNet configurations (`evonets.EvoNetConfig` keyword arguments; `image_size=224`, `num_labels=1000`):", ""]
+    lines += [
+        "EvoNet configurations (`evonets.EvoNetConfig` keyword arguments; `image_size=224`, `num_labels=1000`):",
+        "",
+    ]
     for name, kwargs in EVONET_CONFIGS.items():
         scan = by_name[name]["scan_macs"]
-        lines.append(f"- **{name}** (scan MACs {scan / 1e6:.1f} M): `{kwargs}`")
+        scan_note = f"SS2D scan MACs {scan / 1e6:.1f} M" if scan else "no SS2D"
+        lines.append(f"- **{name}** ({scan_note}): `{kwargs}`")
     lines.append("")
 
     goal = by_name.get(GOAL_MODEL)
@@ -576,14 +718,28 @@ def render(args, machine, results, by_name, ceiling, ceiling_ms, ceiling_iqr, mi
         lines += [
             "### Per-mixer profile",
             "",
-            f"One block (LayerNorm, mixer, residual, LayerNorm, MLP, residual) of each mixer type at each stage of "
-            f"{GOAL_MODEL} (its width; the mixer sizes of the EvoNets above: d_state N, ssm_ratio r, default heads), "
-            f"and at two geometries it avoids (stage '-': the 56x56 stage of a patch-4 stem at half the first width, "
-            f"and a 7x7 stage at twice the last width). 'mixer' is the token mixer alone. Same timing method, "
-            f"interleaved, batch 1; 'used' marks the block types {GOAL_MODEL} has in that stage.",
+            (
+                f"One block (LayerNorm, mixer, residual, LayerNorm, MLP, residual) of each mixer type at each stage of "
+                f"{GOAL_MODEL} (its width; the mixer sizes of the EvoNets above: d_state N, ssm_ratio r, default heads), "
+                f"and at two geometries it avoids (stage '-': the 56x56 stage of a patch-4 stem at half the first width, "
+                f"and a 7x7 stage at twice the last width). 'mixer' is the token mixer alone. Same timing method, "
+                f"interleaved, batch 1; 'used' marks the block types {GOAL_MODEL} has in that stage."
+            ),
             "",
         ]
-        header = ["stage", "tokens", "width", "mixer", "used", "block ms", "block MMACs", "block GFLOP/s", "mixer ms", "mixer MMACs", "mixer GFLOP/s"]
+        header = [
+            "stage",
+            "tokens",
+            "width",
+            "mixer",
+            "used",
+            "block ms",
+            "block MMACs",
+            "block GFLOP/s",
+            "mixer ms",
+            "mixer MMACs",
+            "mixer GFLOP/s",
+        ]
         rows = []
         for row in mixer_rows:
             extra = f" (N={row['d_state']}, r={row['ssm_ratio']:g})" if row["d_state"] is not None else ""
@@ -608,8 +764,10 @@ def render(args, machine, results, by_name, ceiling, ceiling_ms, ceiling_iqr, mi
         lines += [
             f"### Where {GOAL_MODEL}'s time goes",
             "",
-            f"`torch.profiler` (CPU, self time of each op, averaged over the profiled forwards; profiled forward "
-            f"{fmt(profiled_ms)} ms including profiler overhead). By category:",
+            (
+                f"`torch.profiler` (CPU, self time of each op, averaged over the profiled forwards; profiled forward "
+                f"{fmt(profiled_ms)} ms including profiler overhead). By category:"
+            ),
             "",
             markdown_table(
                 ["category", "ms / forward", "share"],
@@ -620,7 +778,58 @@ def render(args, machine, results, by_name, ceiling, ceiling_ms, ceiling_iqr, mi
             "",
             markdown_table(
                 ["op", "self ms / forward", "share", "calls / forward"],
-                [[f"`{row['op']}`", fmt(row["ms"], 2), fmt(100 * row["share"], 1) + " %", fmt(row["calls"], 0)] for row in op_rows[:15]],
+                [
+                    [f"`{row['op']}`", fmt(row["ms"], 2), fmt(100 * row["share"], 1) + " %", fmt(row["calls"], 0)]
+                    for row in op_rows[:15]
+                ],
+            ),
+            "",
+        ]
+    slow = ops.get("slow_mixer")
+    if slow:
+        row = slow["row"]
+        lines += [
+            (
+                f"### Slowest mixer per MAC: {row['block_type']} at {row['resolution']}x{row['resolution']}, "
+                f"{row['width']} wide"
+            ),
+            "",
+            (
+                f"The mixer alone ({fmt(row['mixer_ms'], 2)} ms for {fmt(row['mixer_macs'] / 1e6)} MMACs, "
+                f"{fmt(row['mixer_gflops'])} GFLOP/s in the table above), under `torch.profiler` "
+                f"({fmt(slow['profiled_ms'], 2)} ms per call with profiler overhead). By category:"
+            ),
+            "",
+            markdown_table(
+                ["category", "ms / call", "share"],
+                [
+                    [name, fmt(ms, 3), fmt(100 * ms / slow["profiled_ms"], 0) + " %"]
+                    for name, ms in slow["categories"].items()
+                ],
+            ),
+            "",
+        ]
+        scan_ms = slow["categories"].get("selective scan", 0.0)
+        if slow["scan_macs"] and scan_ms:
+            updates = slow["scan_macs"] / 2  # one update and one read-out MAC per state element and step
+            steps = row["resolution"] ** 2 * 4 * (row["ssm_ratio"] * row["width"])  # tokens x orders x d_inner
+            lines += [
+                (
+                    f"The scan does {updates / 1e6:.2f} M state updates ({fmt(100 * slow['scan_macs'] / row['mixer_macs'])} "
+                    f"% of the mixer's MACs) in {fmt(scan_ms, 2)} ms ({fmt(100 * scan_ms / slow['profiled_ms'], 0)} % of "
+                    f"its time): {updates / scan_ms / 1e6:.2f} G updates/s, {scan_ms * 1e6 / steps:.1f} ns per channel "
+                    f"and step. The four scan orders (flip, transpose, stack, and back) are most of 'copy / layout'; "
+                    f"'matmul' is in_proj / out_proj (`mm`) and the per-order x_proj / dt_proj einsums (`bmm`)."
+                ),
+                "",
+            ]
+        lines += [
+            markdown_table(
+                ["op", "self ms / call", "share", "calls / call"],
+                [
+                    [f"`{op['op']}`", fmt(op["ms"], 3), fmt(100 * op["share"], 1) + " %", fmt(op["calls"], 0)]
+                    for op in slow["rows"][:12]
+                ],
             ),
             "",
         ]

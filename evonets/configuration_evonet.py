@@ -200,7 +200,7 @@ class EvoNetConfig(BackboneConfigMixin, PreTrainedConfig):
         d_inner = int(round(ssm_ratio * hidden_size))
         num_heads = self._per_block("num_heads")[stage][index]
         if num_heads is None:
-            num_heads = max(1, d_inner // 64) if block_type == "ssd" else max(1, hidden_size // 32)
+            num_heads = _default_heads(d_inner, 64) if block_type == "ssd" else _default_heads(hidden_size, 32)
         return {
             "block_type": block_type,
             "hidden_size": hidden_size,
@@ -216,6 +216,12 @@ class EvoNetConfig(BackboneConfigMixin, PreTrainedConfig):
 def _default_block_types(num_stages: int) -> list[list[str] | str]:
     layout = ["ss2d", "ss2d", "ssd", "attention"]
     return [layout[min(stage, 3)] if stage < num_stages - 1 else "attention" for stage in range(num_stages)]
+
+
+def _default_heads(channels: int, channels_per_head: int) -> int:
+    """About one head per `channels_per_head` channels: the largest divisor of `channels` not above that."""
+    target = max(1, channels // channels_per_head)
+    return max(d for d in range(1, target + 1) if channels % d == 0)
 
 
 def _require(condition: bool, field: str, value: Any, allowed: str) -> None:

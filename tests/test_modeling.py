@@ -85,6 +85,12 @@ def test_per_block_fields_accept_scalar_per_stage_and_per_block_forms():
     assert [mixed.block_args(1, i)["mlp_ratio"] for i in range(2)] == [1.0, 4.0]
 
 
+def test_default_heads_divide_the_mixer_width():
+    config = evonets.EvoNetConfig(depths=[1, 1], hidden_sizes=[224, 400], block_types=["ssd", "attention"], ssm_ratios=1.0)
+    assert config.block_args(0, 0)["num_heads"] == 2  # 224 // 64 = 3 does not divide 224
+    assert config.block_args(1, 0)["num_heads"] == 10  # 400 // 32 = 12 does not divide 400
+
+
 def test_config_round_trips_through_dict_and_auto_config(tmp_path):
     config = tiny_config(out_features=["stage2", "stage4"])
     config.save_pretrained(tmp_path)
