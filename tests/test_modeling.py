@@ -12,6 +12,7 @@ import evonets
 from evonets.mixer_attention import EvoNetAttention
 from evonets.mixer_ss2d import EvoNetSS2D, merge_orders, scan_orders
 from evonets.mixer_ssd import EvoNetSSD
+from evonets.selective_scan import available_backends
 
 MIXED_BLOCKS = [["ss2d", "conv"], ["ssd", "ss2d"], ["attention", "ssd"], ["conv", "attention"]]
 
@@ -285,6 +286,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 
 
 def test_compiles_without_graph_breaks():
+    available_backends()  # build / load the fused scan kernel outside compilation (the loader is not traceable)
     model = evonets.EvoNetForImageClassification(tiny_config()).eval()
     x = torch.randn(1, 3, 32, 32)
     torch._dynamo.reset()
