@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -15,7 +16,32 @@ BLOCK_TYPES = ("ss2d", "ssd", "attention", "conv")
 PER_BLOCK_FIELDS = ("mlp_ratios", "d_states", "ssm_ratios", "num_heads")
 
 
-class EvoNetConfig(BackboneConfigMixin, PreTrainedConfig):
+class EvoNetNetworkConfig(PreTrainedConfig):
+    """Fields fixed for a whole network and shared, unchanged, by every subnet of a supernet: declared once here,
+    inherited by `EvoNetConfig` and `EvoNetSupernetConfig` (see `EvoNetConfig` for their meaning)."""
+
+    num_channels: int = 3
+    patch_size: int = 4
+    dt_rank: int | str = "auto"
+    ssm_conv_kernel: int = 3
+    conv_kernel_size: int = 7
+    hidden_act: str = "gelu"
+    drop_path_rate: float = 0.0
+    layer_scale_init_value: float = 0.0
+    layer_norm_eps: float = 1e-6
+    initializer_range: float = 0.02
+
+    @classmethod
+    def network_fields(cls) -> tuple[str, ...]:
+        """Names of the fields above, as a supernet hands them to each subnet's `EvoNetConfig`."""
+        return tuple(
+            field.name
+            for field in dataclasses.fields(EvoNetNetworkConfig)
+            if field.name not in {f.name for f in dataclasses.fields(PreTrainedConfig)}
+        )
+
+
+class EvoNetConfig(BackboneConfigMixin, EvoNetNetworkConfig):
     r"""
     Configuration of an [`EvoNetModel`]: a hierarchical backbone of `len(depths)` stages whose every block picks
     its token mixer.
@@ -58,9 +84,7 @@ class EvoNetConfig(BackboneConfigMixin, PreTrainedConfig):
     model_type = "evonet"
     attribute_map = {"num_hidden_layers": "num_stages"}
 
-    num_channels: int = 3
     image_size: int = 224
-    patch_size: int = 4
     depths: list[int] | tuple[int, ...] = (2, 2, 4, 2)
     hidden_sizes: list[int] | tuple[int, ...] = (48, 96, 192, 384)
     block_types: Any = None
@@ -68,14 +92,6 @@ class EvoNetConfig(BackboneConfigMixin, PreTrainedConfig):
     d_states: Any = 16
     ssm_ratios: Any = 2.0
     num_heads: Any = None
-    dt_rank: int | str = "auto"
-    ssm_conv_kernel: int = 3
-    conv_kernel_size: int = 7
-    hidden_act: str = "gelu"
-    drop_path_rate: float = 0.0
-    layer_scale_init_value: float = 0.0
-    layer_norm_eps: float = 1e-6
-    initializer_range: float = 0.02
     arch_encoding: str | None = None
     _out_features: list[str] | None = None
     _out_indices: list[int] | None = None
@@ -229,4 +245,4 @@ def _require(condition: bool, field: str, value: Any, allowed: str) -> None:
         raise ValueError(f"EvoNetConfig.{field} = {value!r} is invalid: expected {allowed}.")
 
 
-__all__ = ["EvoNetConfig", "BLOCK_TYPES", "PER_BLOCK_FIELDS"]
+__all__ = ["EvoNetConfig", "EvoNetNetworkConfig", "BLOCK_TYPES", "PER_BLOCK_FIELDS"]

@@ -46,8 +46,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from ._compat import PreTrainedConfig
-from .configuration_evonet import BLOCK_TYPES, EvoNetConfig
+from .configuration_evonet import BLOCK_TYPES, EvoNetConfig, EvoNetNetworkConfig
 
 # The per-block sizes each block type uses (every block also has an MLP, hence mlp_ratio everywhere). A block's
 # architecture entry holds exactly these; the other sizes would not change the network.
@@ -65,21 +64,9 @@ _GENES_OF_LETTER = {letter: gene for gene, letter in _LETTERS.items()}
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 
 # The fields an architecture does not choose: copied as they are into every `EvoNetConfig` of the space.
-SHARED_FIELDS = (
-    "num_channels",
-    "patch_size",
-    "dt_rank",
-    "ssm_conv_kernel",
-    "conv_kernel_size",
-    "hidden_act",
-    "drop_path_rate",
-    "layer_scale_init_value",
-    "layer_norm_eps",
-    "initializer_range",
-)
 
 
-class EvoNetSupernetConfig(PreTrainedConfig):
+class EvoNetSupernetConfig(EvoNetNetworkConfig):
     r"""
     The search space of an [`EvoNetSupernet`]: per gene, its choices. `config.search_space` samples, validates,
     encodes and converts architectures (see [`SearchSpace`]).
@@ -110,8 +97,6 @@ class EvoNetSupernetConfig(PreTrainedConfig):
 
     model_type = "evonet_supernet"
 
-    num_channels: int = 3
-    patch_size: int = 4
     resolution_choices: Any = (160, 192, 224)
     depth_choices: Any = ((1, 2), (1, 2), (2, 3, 4, 5, 6), (1, 2))
     width_choices: Any = ((32, 48, 64), (64, 96, 128), (128, 192, 256), (256, 384, 512))
@@ -120,14 +105,6 @@ class EvoNetSupernetConfig(PreTrainedConfig):
     d_state_choices: Any = (8, 16)
     ssm_ratio_choices: Any = (1.0, 2.0)
     num_heads_choices: Any = ((1, 2), (2, 4), (4, 8), (8, 16))
-    dt_rank: int | str = "auto"
-    ssm_conv_kernel: int = 3
-    conv_kernel_size: int = 7
-    hidden_act: str = "gelu"
-    drop_path_rate: float = 0.0
-    layer_scale_init_value: float = 0.0
-    layer_norm_eps: float = 1e-6
-    initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -575,7 +552,7 @@ class SearchSpace:
                 ("num_heads", "num_heads"),
             ):
                 per_block[field].append([block.get(gene, self.size_choices(stage, gene)[0]) for block in blocks])
-        fields = {name: getattr(config, name) for name in SHARED_FIELDS}
+        fields = {name: getattr(config, name) for name in EvoNetNetworkConfig.network_fields()}
         labels = {
             "id2label": dict(config.id2label),
             "label2id": dict(config.label2id),
@@ -643,7 +620,6 @@ def _require(condition: bool, field: str, value: Any, allowed: str) -> None:
 __all__ = [
     "BLOCK_SIZE_GENES",
     "BLOCK_TYPE_GENES",
-    "SHARED_FIELDS",
     "EvoNetSupernetConfig",
     "Gene",
     "SearchSpace",
