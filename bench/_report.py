@@ -9,7 +9,16 @@ import datetime
 import os
 import platform
 import re
+import statistics
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Hashable
+
+try:
+    import resource
+except ImportError:  # not on Windows
+    resource = None
 
 import torch
 import transformers
@@ -54,3 +63,52 @@ def write_section(name: str, title: str, body: str, path: Path = DOC_PATH) -> No
         text = text.rstrip("\n") + f"\n\n## {title}\n\n{block}\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
+
+
+@dataclass
+class Timing:
+    """Per-call seconds of one timed entry: wall clock, and process CPU time (which does not count waiting for a core,
+    so on a shared machine it is the steadier figure; with two threads it also counts OpenMP's spin-waiting)."""
+
+    wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+    minor_faults: int = 0
+
+
+def minor_page_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt if resource is not None else 0
+
+
+def time_interleaved(
+    calls: dict[Hashable, Callable[[], object]], rounds: int, per_round: int, warmup: int, grad: bool = False
+) -> dict[Hashable, Timing]:
+    """Time every entry in rounds that visit all entries in a rotating order, so machine noise hits all alike.
+
+    Each entry is warmed up, then re-warmed once per round after the previous entry ran. Under
+    `torch.inference_mode` unless `grad`.
+    """
+    names = list(calls)
+    timings = {name: Timing() for name in names}
+    with torch.inference_mode(not grad):
+        for name in names:
+            for _ in range(warmup):
+                calls[name]()
+        for round_index in range(rounds):
+            shift = round_index % len(names)
+            for name in names[shift:] + names[:shift]:
+                call, timing = calls[name], timings[name]
+                call()
+                faults_before = minor_page_faults()
+                for _ in range(per_round):
+                    wall, cpu = time.perf_counter(), time.process_time()
+                    call()
+                    timing.cpu.append(time.process_time() - cpu)
+                    timing.wall.append(time.perf_counter() - wall)
+                timing.minor_faults += minor_page_faults() - faults_before
+    return timings
+
+
+def summarize(seconds: list[float]) -> tuple[float, float]:
+    """Median and inter-quartile range, in milliseconds."""
+    quartiles = statistics.quantiles(seconds, n=4, method="inclusive")
+    return statistics.median(seconds) * 1e3, (quartiles[2] - quartiles[0]) * 1e3

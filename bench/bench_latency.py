@@ -26,7 +26,6 @@ import argparse
 import ctypes
 import importlib
 import os
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -188,10 +187,6 @@ def keep_freed_memory() -> bool:
     return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
 
 
-def minor_page_faults() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt if resource is not None else 0
-
-
 def matmul_ceiling_call(size: int = CEILING_SIZE) -> tuple[Callable[[], object], int]:
     """A `size`^3 fp32 matmul and its FLOPs: the machine's practical compute ceiling at this thread count."""
     generator = torch.Generator().manual_seed(0)
@@ -199,44 +194,6 @@ def matmul_ceiling_call(size: int = CEILING_SIZE) -> tuple[Callable[[], object],
     b = torch.randn(size, size, generator=generator)
     out = torch.empty(size, size)
     return (lambda: torch.mm(a, b, out=out)), 2 * size**3
-
-
-def time_interleaved(
-    calls: dict[str, Callable[[], object]],
-    rounds: int,
-    per_round: int,
-    warmup: int,
-    faults: dict[str, int] | None = None,
-) -> dict[str, list[float]]:
-    """Seconds per call for every entry, measured in rounds that visit all entries in a rotating order.
-
-    If `faults` is given, it receives each entry's minor page faults over its timed calls.
-    """
-    names = list(calls)
-    samples: dict[str, list[float]] = {name: [] for name in names}
-    faults = {} if faults is None else faults
-    with torch.inference_mode():
-        for name in names:
-            for _ in range(warmup):
-                calls[name]()
-        for round_index in range(rounds):
-            shift = round_index % len(names)
-            for name in names[shift:] + names[:shift]:
-                call = calls[name]
-                call()  # re-warm caches after the previous entry
-                faults_before = minor_page_faults()
-                for _ in range(per_round):
-                    start = time.perf_counter()
-                    call()
-                    samples[name].append(time.perf_counter() - start)
-                faults[name] = faults.get(name, 0) + minor_page_faults() - faults_before
-    return samples
-
-
-def summarize(seconds: list[float]) -> tuple[float, float]:
-    """Median and inter-quartile range, in milliseconds."""
-    quartiles = statistics.quantiles(seconds, n=4, method="inclusive")
-    return statistics.median(seconds) * 1e3, (quartiles[2] - quartiles[0]) * 1e3
 
 
 class OtherCpuUse:
@@ -493,15 +450,16 @@ def main(argv: list[str] | None = None) -> str:
     calls = {name: (lambda model=model: model(pixel_values)) for name, model in models.items()}
     calls["matmul 2048^3"] = ceiling_call
     log(f"timing {len(calls)} entries: {args.rounds} rounds x {args.per_round} calls ...")
-    faults: dict[str, int] = {}
-    samples = time_interleaved(calls, args.rounds, args.per_round, args.warmup, faults)
-    ceiling_ms, ceiling_iqr = summarize(samples.pop("matmul 2048^3"))
+    timings = _report.time_interleaved(calls, args.rounds, args.per_round, args.warmup)
+    samples = {name: timing.wall for name, timing in timings.items()}
+    faults = {name: timing.minor_faults for name, timing in timings.items()}
+    ceiling_ms, ceiling_iqr = _report.summarize(samples.pop("matmul 2048^3"))
     ceiling = ceiling_flops / (ceiling_ms / 1e3) / 1e9  # GFLOP/s
-    reference_ms = summarize(samples[REFERENCE])[0]
+    reference_ms = _report.summarize(samples[REFERENCE])[0]
 
     results = []
     for name in models:
-        median_ms, iqr_ms = summarize(samples[name])
+        median_ms, iqr_ms = _report.summarize(samples[name])
         macs = stats[name]["macs"].total
         gflops = 2 * macs / (median_ms / 1e3) / 1e9
         results.append(
@@ -533,10 +491,13 @@ def main(argv: list[str] | None = None) -> str:
             block_calls[(index, "block")] = lambda entry=entry: entry["block"](entry["input"])
             block_calls[(index, "mixer")] = lambda entry=entry: entry["block"].mixer(entry["mixer_input"])
         rounds = max(2, args.rounds // 2)
-        block_samples = time_interleaved(block_calls, rounds, args.per_round, args.warmup)
+        block_samples = {
+            key: timing.wall
+            for key, timing in _report.time_interleaved(block_calls, rounds, args.per_round, args.warmup).items()
+        }
         for index, entry in enumerate(entries):
-            block_ms = summarize(block_samples[(index, "block")])[0]
-            mixer_ms = summarize(block_samples[(index, "mixer")])[0]
+            block_ms = _report.summarize(block_samples[(index, "block")])[0]
+            mixer_ms = _report.summarize(block_samples[(index, "mixer")])[0]
             mixer_rows.append(
                 {
                     **{

@@ -45,7 +45,7 @@ if str(REPO) not in sys.path:
 
 from evonets.search_space import EvoNetSupernetConfig  # noqa: E402
 from evonets.supernet import EvoNetSupernet  # noqa: E402
-from _report import DOC_PATH, machine_description, write_section  # noqa: E402
+from _report import DOC_PATH, machine_description, summarize, time_interleaved, write_section  # noqa: E402
 
 THREADS = (1, 2)
 RESOLUTION = 32
@@ -64,36 +64,6 @@ def architectures(supernet: EvoNetSupernet) -> dict[str, dict]:
     for arch in archs.values():
         arch["resolution"] = RESOLUTION
     return archs
-
-
-def time_interleaved(
-    calls: dict[str, Callable[[], object]], rounds: int, per_round: int, warmup: int, grad: bool = False
-) -> dict[str, tuple[list[float], list[float]]]:
-    """Per entry, wall-clock and process-CPU seconds per call, measured in rounds that visit all entries in a rotating
-    order. CPU time does not count the time the process waits for a core, so on a shared machine it is the steadier
-    figure (with two threads it also counts OpenMP's spin-waiting). Under `torch.inference_mode` unless `grad`."""
-    names = list(calls)
-    samples: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in names}
-    with torch.inference_mode(not grad):
-        for name in names:
-            for _ in range(warmup):
-                calls[name]()
-        for round_index in range(rounds):
-            shift = round_index % len(names)
-            for name in names[shift:] + names[:shift]:
-                calls[name]()  # re-warm after the previous entry
-                for _ in range(per_round):
-                    wall, cpu = time.perf_counter(), time.process_time()
-                    calls[name]()
-                    samples[name][1].append(time.process_time() - cpu)
-                    samples[name][0].append(time.perf_counter() - wall)
-    return samples
-
-
-def summarize(seconds: list[float]) -> tuple[float, float]:
-    """Median and inter-quartile range, in milliseconds."""
-    quartiles = statistics.quantiles(seconds, n=4, method="inclusive")
-    return statistics.median(seconds) * 1e3, (quartiles[2] - quartiles[0]) * 1e3
 
 
 def cold_starts(supernet: EvoNetSupernet, count: int) -> list[float]:
@@ -169,8 +139,8 @@ def measure(supernet: EvoNetSupernet, args: argparse.Namespace, log: Callable[[s
                     "encoding": space.encode(arch),
                     "params": sum(parameter.numel() for parameter in extracted.parameters()),
                     "batch": batch,
-                    "wall": {name: summarize(wall) for name, (wall, _) in samples.items()},
-                    "cpu": {name: statistics.median(cpu) * 1e3 for name, (_, cpu) in samples.items()},
+                    "wall": {name: summarize(timing.wall) for name, timing in samples.items()},
+                    "cpu": {name: statistics.median(timing.cpu) * 1e3 for name, timing in samples.items()},
                 }
                 rows.append(row)
                 log(
@@ -200,8 +170,8 @@ def measure_training(supernet: EvoNetSupernet, args: argparse.Namespace, log: Ca
         rows.append(
             {
                 "label": label,
-                "wall": {name: summarize(wall) for name, (wall, _) in samples.items()},
-                "cpu": {name: statistics.median(cpu) * 1e3 for name, (_, cpu) in samples.items()},
+                "wall": {name: summarize(timing.wall) for name, timing in samples.items()},
+                "cpu": {name: statistics.median(timing.cpu) * 1e3 for name, timing in samples.items()},
             }
         )
         log(f"training, {label}: " + ", ".join(f"{n} {m:.2f} ms" for n, (m, _) in rows[-1]["wall"].items()))
