@@ -1,0 +1,235 @@
+"""The search config: one dataclass tree, read from YAML and the command line by jsonargparse.
+
+`SearchConfig` is the root. It names a trained supernet folder (`supernet`), or carries the whole distillation
+config (`distill:`, the tree of `distill/config.py`) so that one file and one command run distill -> search. Every
+field has a docstring, which is what `python search/run.py --help` prints; `SearchConfig.validate()` checks what the
+types cannot and raises `ValueError` naming the field and the allowed values before anything is loaded.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+from distill.config import DataConfig, DistillConfig
+from search.latency import LatencySettings
+
+OBJECTIVES = ("error", "latency_ms", "macs", "params")
+"""What the search can minimise: validation error (1 - accuracy), latency in ms, MACs, parameters."""
+
+_COMPARISONS = {"<=": operator.le, "<": operator.lt}
+_CONSTRAINT = re.compile(r"^\s*([a-z_]+)\s*(<=|<)\s*([0-9.eE+-]+)\s*$")
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """An upper bound on one objective, parsed from text such as `"latency_ms <= 20"`."""
+
+    objective: str
+    comparison: str
+    bound: float
+
+    @classmethod
+    def parse(cls, text: str, where: str = "search.constraints") -> Constraint:
+        match = _CONSTRAINT.match(text) if isinstance(text, str) else None
+        if match is None or match.group(1) not in OBJECTIVES:
+            raise ValueError(
+                f"Config field {where} has {text!r}, which is invalid: expected '<objective> <= <number>' (or '<') "
+                f"with objective one of {list(OBJECTIVES)}, e.g. 'latency_ms <= 20'."
+            )
+        try:
+            bound = float(match.group(3))
+        except ValueError:
+            raise ValueError(f"Config field {where} has {text!r}: {match.group(3)!r} is not a number.") from None
+        return cls(match.group(1), match.group(2), bound)
+
+    def violation(self, objectives: dict[str, float]) -> float:
+        """How far `objectives` break the bound (0 when satisfied; nevergrad's `constraint_violation` convention)."""
+        value = objectives[self.objective]
+        if _COMPARISONS[self.comparison](value, self.bound):
+            return 0.0
+        return max(value - self.bound, 1e-12)
+
+    def __str__(self) -> str:
+        return f"{self.objective} {self.comparison} {self.bound:g}"
+
+
+@dataclass
+class EvolutionConfig:
+    """The nevergrad optimizer, the objectives and the budget."""
+
+    optimizer: str = "DiscreteLenglerOnePlusOne"
+    """A nevergrad optimizer name (`nevergrad.optimizers.registry`), or `random` (the baseline, `RandomSearch`).
+    Multi-objective: nevergrad ranks a candidate by the hypervolume it adds to its Pareto front."""
+
+    budget: int = 100
+    """Candidates to ask for (duplicates the optimizer proposes again are told from the cache, not re-evaluated)."""
+
+    seed: int = 0
+    """Seed of the optimizer's random state."""
+
+    objectives: list[str] = field(default_factory=lambda: ["error", "latency_ms", "macs"])
+    """Objectives to minimise, from `error`, `latency_ms`, `macs`, `params`. `error` must be one of them."""
+
+    constraints: list[str] = field(default_factory=list)
+    """Upper bounds such as `latency_ms <= 20` or `macs <= 5e6`. A candidate breaking one is told to the optimizer
+    with its violation and never reaches the reported front."""
+
+    reference_point: dict[str, float] | None = None
+    """Hypervolume reference point per objective. Default: error 1, and 1.1x the largest architecture's latency,
+    MACs and params (fixed by the space, so runs of one space compare)."""
+
+    suggest_extremes: bool = True
+    """Evaluate the space's smallest and largest architectures first (they anchor the front)."""
+
+    save_every: int = 10
+    """Write the optimizer's random state to `search_state.json` every N results (and at the end)."""
+
+
+@dataclass
+class FitnessConfig:
+    """How a candidate's validation error is measured with inherited supernet weights."""
+
+    batch_size: int = 256
+    """Validation batch size."""
+
+    num_threads: int = 1
+    """torch threads per evaluation worker (small models on a shared CPU: one thread per worker is fastest)."""
+
+    cache_dir: str | None = "~/.cache/evonets/fitness"
+    """Where fitness results are kept across runs, per supernet weights and validation data (None: no cache)."""
+
+
+@dataclass
+class LatencyConfig(LatencySettings):
+    """How latency is timed (the `LatencySettings` fields: backend, batch size, warm-up, repeats, threads) and how the
+    search uses it."""
+
+    mode: Literal["lut", "measure"] = "lut"
+    """`lut`: predict every candidate from the per-block look-up table, then measure the front members (repeating
+    until every front member is measured). `measure`: time every new architecture, with the pool paused."""
+
+    table_dir: str = "~/.cache/evonets/latency"
+    """Where look-up tables are kept, one per device fingerprint and search space."""
+
+
+@dataclass
+class PoolConfig:
+    """The DMMPE evaluation pool (see `search/pool.py`)."""
+
+    workers: int = 2
+    """Evaluation worker processes (per rank under `accelerate launch` / `torchrun`)."""
+
+    max_retries: int = 2
+    """A candidate whose worker dies is re-queued up to this many times, then recorded as failed."""
+
+    heartbeat_timeout: float = 60.0
+    """Seconds without a heartbeat after which a remote rank's worker counts as dead."""
+
+
+@dataclass
+class SearchConfig:
+    """Search a trained EvoNet supernet for the Pareto front of error, latency and MACs."""
+
+    supernet: str | None = None
+    """A supernet folder (`EvoNetSupernet.save_pretrained`). None: build it first with the `distill:` section."""
+
+    distill: DistillConfig | None = None
+    """The distillation config (see `distill/train.py --help`); used when `supernet` is None. Its finished output is
+    reused when its config has not changed."""
+
+    data: DataConfig | None = None
+    """Data for the fitness (its validation split only). Default: `distill.data`."""
+
+    search: EvolutionConfig = field(default_factory=EvolutionConfig)
+    """Optimizer, objectives, constraints, budget."""
+
+    fitness: FitnessConfig = field(default_factory=FitnessConfig)
+    """Validation error with inherited weights."""
+
+    latency: LatencyConfig = field(default_factory=LatencyConfig)
+    """Latency measurement and look-up table."""
+
+    pool: PoolConfig = field(default_factory=PoolConfig)
+    """Evaluation workers."""
+
+    output_dir: str = "runs/search"
+    """Run folder: `archive.jsonl`, `pareto.json`/`.csv`/`.png`, `models/<hash>/`, `summary.md`. Running the same
+    command again resumes the run in it."""
+
+    export_front: bool = True
+    """Write every front member as a standalone `transformers` model to `models/<hash>/`."""
+
+    progress_bar: bool = True
+    """tqdm progress bar (front size, evaluations per second)."""
+
+    def validate(self) -> SearchConfig:
+        """Raise `ValueError` naming the first invalid field; return self."""
+        if self.supernet is None and self.distill is None:
+            raise ValueError(
+                "Config fields supernet and distill are both unset: expected a supernet folder (--supernet PATH) or "
+                "a 'distill:' section that trains one."
+            )
+        if self.distill is not None:
+            self.distill.validate()
+        if self.supernet is None and self.data is not None:
+            raise ValueError(
+                "Config field data is set together with distill: the fitness uses distill.data; set one of them."
+            )
+        evolution = self.search
+        for objective in evolution.objectives:
+            _check(objective in OBJECTIVES, "search.objectives", evolution.objectives, f"entries of {list(OBJECTIVES)}")
+        _check("error" in evolution.objectives, "search.objectives", evolution.objectives, "a list including 'error'")
+        _check(
+            len(set(evolution.objectives)) == len(evolution.objectives),
+            "search.objectives",
+            evolution.objectives,
+            "no repeated entries",
+        )
+        for text in evolution.constraints:
+            Constraint.parse(text)
+        _check(evolution.budget >= 1, "search.budget", evolution.budget, "an integer >= 1")
+        _check(evolution.save_every >= 1, "search.save_every", evolution.save_every, "an integer >= 1")
+        if evolution.reference_point is not None:
+            missing = sorted(set(evolution.objectives) - set(evolution.reference_point))
+            _check(not missing, "search.reference_point", evolution.reference_point, f"a value for each of {missing}")
+        from search.evolution import optimizer_class
+
+        optimizer_class(evolution.optimizer)  # raises ValueError for an unknown name
+        _check(self.fitness.batch_size >= 1, "fitness.batch_size", self.fitness.batch_size, "an integer >= 1")
+        _check(self.fitness.num_threads >= 1, "fitness.num_threads", self.fitness.num_threads, "an integer >= 1")
+        self.latency.validate()
+        _check(self.pool.workers >= 1, "pool.workers", self.pool.workers, "an integer >= 1")
+        _check(self.pool.max_retries >= 0, "pool.max_retries", self.pool.max_retries, "an integer >= 0")
+        return self
+
+    @property
+    def constraints(self) -> list[Constraint]:
+        return [Constraint.parse(text) for text in self.search.constraints]
+
+    @property
+    def fitness_data(self) -> DataConfig:
+        """The data whose validation split the fitness reads."""
+        if self.data is not None:
+            return self.data
+        if self.distill is not None:
+            return self.distill.data
+        return DataConfig()
+
+
+def _check(condition: bool, name: str, value, expected: str) -> None:
+    if not condition:
+        raise ValueError(f"Config field {name} = {value!r} is invalid: expected {expected}.")
+
+
+__all__ = [
+    "OBJECTIVES",
+    "Constraint",
+    "EvolutionConfig",
+    "FitnessConfig",
+    "LatencyConfig",
+    "PoolConfig",
+    "SearchConfig",
+]

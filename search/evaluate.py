@@ -1,0 +1,130 @@
+"""Fitness of a candidate: validation accuracy with inherited supernet weights, MACs and parameters.
+
+`make_evaluator(spec)` runs once inside each evaluation worker (a process of the DMMPE pool, or a rank): it loads
+the supernet and the **validation** split (the test split is never read by the search) and returns
+`evaluate({"encoding": ...}) -> {"accuracy", "loss", "macs", "params"}`. The candidate is extracted as a standalone
+model (`supernet.extract`, exact: its logits equal the supernet's), so accuracy, MACs (`evonets.profiling`, the one
+definition, including the SS2D scan) and parameters are those of the network that would be shipped.
+
+BatchNorm: EvoNet blocks have none (LayerNorm only), so inherited weights need no recalibration. Should a space ever
+contain BatchNorm, `recalibrate_batchnorm` re-estimates its running statistics on training batches before scoring,
+as Once-for-All does; the evaluator calls it whenever the extracted model has BatchNorm layers.
+
+`FitnessSpec.key()` identifies what a fitness value depends on (supernet weights, validation data, preprocessing),
+so results are cached across runs per key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+@dataclass
+class FitnessSpec:
+    """Everything a worker needs to score candidates (JSON-able, so it crosses process and rank boundaries)."""
+
+    supernet: str
+    data: dict = field(default_factory=dict)  # distill.config.DataConfig fields
+    batch_size: int = 256
+    recalibration_batches: int = 20
+
+    def key(self) -> str:
+        """Hash of the supernet weights and the data settings: equal keys give equal fitness."""
+        digest = hashlib.sha256()
+        for name in sorted(Path(self.supernet).glob("*.safetensors")):
+            with open(name, "rb") as handle:
+                for chunk in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(chunk)
+        digest.update(json.dumps({"data": self.data}, sort_keys=True).encode())
+        return digest.hexdigest()[:16]
+
+
+def recalibrate_batchnorm(model: nn.Module, batches) -> int:
+    """Reset every BatchNorm's running statistics and re-estimate them (cumulative average) from `batches` in
+    training mode; returns the number of BatchNorm layers (0: nothing done, model untouched)."""
+    norms = [module for module in model.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return 0
+    momenta = [norm.momentum for norm in norms]
+    was_training = model.training
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative moving average over the recalibration batches
+    model.train()
+    try:
+        with torch.no_grad():
+            for pixel_values in batches:
+                model(pixel_values)
+    finally:
+        for norm, momentum in zip(norms, momenta):
+            norm.momentum = momentum
+        model.train(was_training)
+    return len(norms)
+
+
+class SupernetEvaluator:
+    """Scores architectures of one supernet on the validation split (see the module docstring)."""
+
+    def __init__(self, spec: FitnessSpec):
+        from distill.config import DataConfig
+        from distill.data import load_data
+        from distill.ranking import validation_tensors
+        from evonets.supernet import EvoNetSupernet
+
+        self.spec = spec
+        self.supernet = EvoNetSupernet.from_pretrained(spec.supernet).eval()
+        self.space = self.supernet.search_space
+        config = self.supernet.config
+        data_config = DataConfig(**spec.data)
+        self.data = load_data(data_config, max(config.resolution_choices), config.num_channels)
+        if self.data.num_labels != config.num_labels:
+            raise ValueError(
+                f"The data has {self.data.num_labels} classes but the supernet {spec.supernet} has num_labels = "
+                f"{config.num_labels}: expected the data the supernet was trained on (config field data)."
+            )
+        self.pixel_values, self.labels = validation_tensors(self.data)
+
+    def __call__(self, payload: dict) -> dict:
+        from distill.ranking import evaluate
+        from evonets.profiling import count_macs, count_parameters
+
+        arch = self.space.decode(payload["encoding"])
+        resolution = arch["resolution"]
+        model = self.supernet.extract(arch)
+        if self.spec.recalibration_batches:
+            recalibrate_batchnorm(model, self._train_batches(resolution))
+        model.eval()
+        scores = evaluate(
+            lambda x: model(x).logits, self.pixel_values, self.labels, resolution, batch_size=self.spec.batch_size
+        )
+        single = torch.zeros(1, self.supernet.config.num_channels, resolution, resolution)
+        return {
+            "accuracy": scores["accuracy"],
+            "loss": scores["loss"],
+            "macs": int(count_macs(model, single)),
+            "params": count_parameters(model),
+        }
+
+    def _train_batches(self, resolution: int):
+        from distill.data import collate, resize_batch
+
+        generator = torch.Generator().manual_seed(0)
+        order = torch.randperm(len(self.data.train), generator=generator).tolist()
+        size = self.spec.batch_size
+        for start in range(0, min(len(order), size * self.spec.recalibration_batches), size):
+            batch = collate([self.data.train[i] for i in order[start : start + size]])
+            yield resize_batch(batch["pixel_values"], resolution)
+
+
+def make_evaluator(spec: dict) -> SupernetEvaluator:
+    """Entry point for pool workers: `functools.partial(make_evaluator, asdict(spec))` pickles cheaply."""
+    return SupernetEvaluator(FitnessSpec(**spec))
+
+
+__all__ = ["FitnessSpec", "SupernetEvaluator", "make_evaluator", "recalibrate_batchnorm"]

@@ -1,0 +1,62 @@
+"""Search a trained EvoNet supernet for the Pareto front of error, latency and MACs.
+
+    python search/run.py --config configs/quickstart.yaml                  # distill (first run only), then search
+    accelerate launch search/run.py --config configs/quickstart.yaml       # the same, under accelerate
+    accelerate launch --multi_gpu --num_processes 2 search/run.py --config configs/quickstart.yaml   # 2 ranks (gloo on CPU)
+    python search/run.py --supernet runs/quickstart/distill/supernet --search.budget 200 --pool.workers 2
+    python search/run.py --config configs/quickstart.yaml --print_config   # the merged config, then exit
+
+Every field can be overridden with a dotted flag (`--search.optimizer random`, `--latency.mode measure`,
+`--search.constraints '[latency_ms <= 0.5]'`); `--help` documents them all and a misspelled key is an error. Kill it
+at any time: running the same command again resumes the run in `output_dir` (finished evaluations are kept; only
+the ones in flight run again).
+
+Outputs in `output_dir`: `archive.jsonl`, `pareto.json`, `pareto.csv`, `pareto.png`, `models/<hash>/` (each front
+member as an `EvoNetForImageClassification` folder), `summary.md`, `run.json`, `config.yaml`.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: drop search/ from the path, make the repository importable
+    _here = Path(__file__).resolve().parent
+    sys.path = [p for p in sys.path if Path(p or ".").resolve() != _here]
+    sys.path.append(str(_here.parent))
+
+from search.config import SearchConfig
+
+
+def build_parser():
+    from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
+
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)
+    parser = ArgumentParser(prog="search/run.py", description=__doc__, exit_on_error=True)
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML config file.")
+    parser.add_class_arguments(SearchConfig, as_group=False)
+    return parser
+
+
+def parse_config(argv: list[str] | None = None) -> SearchConfig:
+    """The `SearchConfig` of a command line (YAML + dotted overrides), validated."""
+    parser = build_parser()
+    namespace = parser.parse_args(argv)
+    namespace.pop("config", None)
+    config = parser.instantiate(namespace)
+    config = SearchConfig(**{field: config[field] for field in SearchConfig.__dataclass_fields__})
+    try:
+        return config.validate()
+    except ValueError as error:
+        parser.error(str(error))
+
+
+def main(argv: list[str] | None = None):
+    config = parse_config(argv)
+    from search.runner import run
+
+    return run(config)
+
+
+if __name__ == "__main__":
+    main()
