@@ -27,6 +27,14 @@ def pareto_indices(points: Sequence[Sequence[float]], feasible: Sequence[bool] |
     return sorted(front, key=lambda i: tuple(points[i]))
 
 
+def add_to_front(front: list[int], points: Sequence[Sequence[float]], index: int) -> list[int]:
+    """The front after adding feasible point `index` to the non-dominated set `front` (indices into `points`): one
+    pass over the front instead of recomputing it over every point."""
+    if any(dominates(points[i], points[index]) for i in front):
+        return front
+    return [i for i in front if not dominates(points[index], points[i])] + [index]
+
+
 def hypervolume(points: Sequence[Sequence[float]], reference: Sequence[float]) -> float:
     """The hypervolume dominated by `points` and bounded by `reference`, with every objective divided by its
     reference value (so the whole box is 1). Points not strictly better than the reference in every objective
@@ -105,4 +113,4 @@ def plot_front(
     return path
 
 
-__all__ = ["dominates", "hypervolume", "pareto_indices", "plot_front"]
+__all__ = ["add_to_front", "dominates", "hypervolume", "pareto_indices", "plot_front"]

@@ -27,12 +27,14 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import yaml
+
 from .archive import JsonlArchive
 from .config import SearchConfig
 from .evaluate import FitnessSpec, make_evaluator
 from .evolution import Evolution
 from .latency import space_config_hash
-from .pareto import hypervolume, pareto_indices
+from .pareto import add_to_front, hypervolume, pareto_indices
 
 logger = logging.getLogger("search")
 
@@ -221,6 +223,7 @@ def _coordinate(config: SearchConfig, supernet_dir: Path, spec: FitnessSpec, mak
         "supernet": str(supernet_dir),
     }
     _check_same_run(output_dir / RUN_INFO, info)
+    (output_dir / "config.yaml").write_text(yaml.safe_dump(asdict(config), sort_keys=False))
 
     archive = JsonlArchive(output_dir / ARCHIVE)
     cache = (
@@ -270,6 +273,8 @@ def _coordinate(config: SearchConfig, supernet_dir: Path, spec: FitnessSpec, mak
     in_flight: dict[str, tuple] = {}  # task id -> (index, candidate, arch)
     progress = tqdm(total=budget, initial=len(records), desc="search", disable=not config.progress_bar)
     evaluations_start, evaluated = time.perf_counter(), 0
+    live_points = _PointsView(records, objectives)
+    live_front = pareto_indices(live_points, _feasible(records))  # for the progress bar, updated per result
     ask_seconds = 0.0
 
     def finish(index: int, candidate, arch: dict, metrics: dict, extra: dict) -> None:
@@ -292,6 +297,8 @@ def _coordinate(config: SearchConfig, supernet_dir: Path, spec: FitnessSpec, mak
         }
         archive.append(record)  # on disk before the optimizer hears of it
         records.append(record)
+        if record["feasible"]:
+            live_front[:] = add_to_front(live_front, live_points, len(records) - 1)
         evolution.tell(candidate, _normalised(record["objectives"], objectives, reference), violations)
         progress.update(1)
         if len(records) % config.search.save_every == 0:
@@ -305,12 +312,13 @@ def _coordinate(config: SearchConfig, supernet_dir: Path, spec: FitnessSpec, mak
         heartbeat_timeout=config.pool.heartbeat_timeout,
         threads_per_worker=config.fitness.num_threads,
     ) as pool:
+        # One candidate queued beyond the workers, so a worker that finishes takes the next one at once instead of
+        # waiting for the optimizer's ask (tens of ms for nevergrad over a few dozen genes).
+        capacity = pool.num_workers + 1
         while len(records) < budget:
             ready = []  # (index, candidate, arch, metrics, extra) to archive and tell
             # Fill every idle worker (pull-based: no generation barrier).
-            while (
-                len(in_flight) + len(ready) < pool.num_workers and len(records) + len(in_flight) + len(ready) < budget
-            ):
+            while len(in_flight) + len(ready) < capacity and len(records) + len(in_flight) + len(ready) < budget:
                 tick = time.perf_counter()
                 if resubmit:
                     index, arch = resubmit.pop(0)
@@ -354,7 +362,7 @@ def _coordinate(config: SearchConfig, supernet_dir: Path, spec: FitnessSpec, mak
                 finish(index, candidate, arch, metrics, extra)
                 ask_seconds += time.perf_counter() - tick
             if ready:
-                front_size = len(pareto_indices(_points(records, objectives), _feasible(records)))
+                front_size = len(live_front)
                 elapsed = time.perf_counter() - evaluations_start
                 progress.set_postfix(front=front_size, evals_per_s=f"{evaluated / max(elapsed, 1e-9):.2f}")
     progress.close()
@@ -413,6 +421,19 @@ def _apply_latency(record: dict, measurement: dict, constraints) -> None:
     if "error" not in record:
         record["violations"] = [constraint.violation(values) for constraint in constraints]
         record["feasible"] = not any(record["violations"])
+
+
+class _PointsView:
+    """`records` seen as objective vectors, without copying (the list grows during the run)."""
+
+    def __init__(self, records: list[dict], objectives: list[str]):
+        self.records, self.objectives = records, objectives
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> list[float]:
+        return [self.records[index]["objectives"][name] for name in self.objectives]
 
 
 def _points(records: list[dict], objectives: list[str]) -> list[list[float]]:

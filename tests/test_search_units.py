@@ -10,7 +10,7 @@ from evonets.search_space import EvoNetSupernetConfig
 from search.archive import JsonlArchive
 from search.config import Constraint, SearchConfig
 from search.evolution import Evolution, optimizer_class
-from search.pareto import dominates, hypervolume, pareto_indices
+from search.pareto import add_to_front, dominates, hypervolume, pareto_indices
 
 
 def test_archive_survives_a_torn_last_line(tmp_path):
@@ -34,6 +34,11 @@ def test_pareto_front_matches_brute_force_and_respects_feasibility():
             feasible[j] and dominates(points[j], points[i]) for j in range(len(points)) if j != i
         )
         assert (i in front) == expected
+    incremental = []  # the run's per-result update gives the same front
+    for i in range(len(points)):
+        if feasible[i]:
+            incremental = add_to_front(incremental, points, i)
+    assert sorted(incremental) == sorted(front)
     # an infeasible point that dominates everything never reaches the front
     points.append([-1, -1, -1])
     feasible.append(False)
@@ -168,3 +173,20 @@ def test_every_gene_choice_is_reachable():
         evolution.tell(candidate, [0.5], [])
     for gene in space.genes:
         assert seen[gene.name] == set(gene.choices), gene.name
+
+
+def test_batchnorm_recalibration_re_estimates_running_statistics():
+    import torch
+
+    from search.evaluate import recalibrate_batchnorm
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)).eval()
+    model[1].running_mean.fill_(5.0)  # stale statistics, as inherited from a supernet
+    batches = [torch.randn(8, 3, 6, 6) * 2 + 1 for _ in range(3)]
+    assert recalibrate_batchnorm(model, batches) == 1
+    with torch.no_grad():
+        features = torch.cat([model[0](x) for x in batches])
+    torch.testing.assert_close(model[1].running_mean, features.mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-5)
+    assert not model.training and model[1].momentum == 0.1  # mode and momentum restored
+    assert recalibrate_batchnorm(torch.nn.Linear(2, 2), batches) == 0
