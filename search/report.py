@@ -129,6 +129,7 @@ def write_outputs(result, config, supernet, supernet_dir: Path, info: dict, orac
         "hypervolume": result.hypervolume,
         "evaluations": result.evaluations,
         "results": len(result.records),
+        "timing": {**timing, "run_seconds": result.seconds},
         "front": front,
     }
     (output_dir / "pareto.json").write_text(json.dumps(pareto, indent=2, sort_keys=True) + "\n")
@@ -150,7 +151,10 @@ def write_outputs(result, config, supernet, supernet_dir: Path, info: dict, orac
         x=x_axis,
         y="error",
         constraints=constraints,
-        title=f"{len(records)} results, {result.evaluations} evaluated, hypervolume {result.hypervolume:.4f}",
+        title=(
+            f"{len(records)} results, hypervolume {result.hypervolume:.4f}; latency "
+            + ("predicted by the look-up table, measured on the front" if info["latency_mode"] == "lut" else "measured")
+        ),
     )
 
     check = None

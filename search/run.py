@@ -29,10 +29,17 @@ from search.config import SearchConfig
 
 
 def build_parser():
-    from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
+    import argparse
+
+    from jsonargparse import ActionConfigFile, ArgumentParser, DefaultHelpFormatter, set_parsing_settings
+
+    class HelpFormatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
+        """Keeps the command examples of the description on their own lines."""
 
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
-    parser = ArgumentParser(prog="search/run.py", description=__doc__, exit_on_error=True)
+    parser = ArgumentParser(
+        prog="search/run.py", description=__doc__, formatter_class=HelpFormatter, exit_on_error=True
+    )
     parser.add_argument("--config", action=ActionConfigFile, help="YAML config file.")
     parser.add_class_arguments(SearchConfig, as_group=False)
     return parser

@@ -253,6 +253,10 @@ def _coordinate(config: SearchConfig, supernet_dir: Path, spec: FitnessSpec, mak
             asked.pop(record["index"], None)
             known.setdefault(record["hash"], record["metrics"])
             records.append(record)
+            if record["latency"]["source"] == "measured":  # measure mode: the timing is in the result itself
+                oracle.measured.setdefault(
+                    record["hash"], {"median_ms": record["latency"]["ms"], "iqr_ms": record["latency"]["iqr_ms"]}
+                )
             candidate = evolution.candidate(space.decode(record["encoding"]))
             evolution.tell(candidate, _normalised(record["objectives"], objectives, reference), record["violations"])
         elif record["kind"] == "latency":
@@ -290,7 +294,8 @@ def _coordinate(config: SearchConfig, supernet_dir: Path, spec: FitnessSpec, mak
             "encoding": space.encode(arch),
             "metrics": metrics,
             "objectives": {name: values[name] for name in objectives},
-            "latency": {"ms": latency_ms, "source": source, "fingerprint": oracle.key},
+            "latency": {"ms": latency_ms, "source": source, "fingerprint": oracle.key}
+            | ({"iqr_ms": oracle.measured[space.hash(arch)]["iqr_ms"]} if source == "measured" else {}),
             "violations": violations,
             "feasible": not any(violations) and "error" not in extra,
             **extra,

@@ -103,6 +103,17 @@ def test_run_writes_a_consistent_run_folder(supernet_dir, tmp_path):
     assert other.evaluations == 6 - len(cached)
 
 
+def test_measure_mode_times_every_candidate_in_onnxruntime(supernet_dir, tmp_path):
+    result = main(_args(supernet_dir, tmp_path / "run", tmp_path, "--search.budget", "4", "--latency.mode", "measure",
+                        "--latency.backend", "onnxruntime", "--export_front", "false"))  # fmt: skip
+    records = _results(tmp_path / "run")
+    assert len(records) == 4 and all(r["latency"]["source"] == "measured" for r in records)  # never the table
+    fingerprint = json.loads((tmp_path / "run" / "run.json").read_text())["latency_fingerprint"]
+    assert fingerprint["backend"] == "onnxruntime" and "onnxruntime" in json.dumps(fingerprint)
+    assert all(r["latency"]["ms"] > 0 and r["latency"]["iqr_ms"] >= 0 for r in records)
+    assert result.front
+
+
 def test_a_changed_run_is_refused(supernet_dir, tmp_path):
     main(_args(supernet_dir, tmp_path / "run", tmp_path, "--search.budget", "3", "--export_front", "false"))
     with pytest.raises(ValueError, match="output_dir .* holds a search run with different .'seed'."):
