@@ -16,12 +16,15 @@ ask), and restores the parametrization's random state saved in `search_state.jso
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
 import numpy as np
 
 RANDOM_SEARCH = "RandomSearch"
+
+logger = logging.getLogger(__name__)
 
 
 def optimizer_class(name: str):
@@ -65,6 +68,7 @@ class Evolution:
         import nevergrad as ng
 
         self.space = space
+        self.name = optimizer
         self.optimizer = optimizer_class(optimizer)(
             parametrization=parametrization(space, seed), budget=budget, num_workers=max(1, num_workers)
         )
@@ -90,6 +94,18 @@ class Evolution:
         self.optimizer.tell(candidate, loss, constraint_violation=list(violations) or None)
 
     # Resume -------------------------------------------------------------------------------------------------
+
+    def remember(self, arch: dict, normalised: list[float], violations: list[float]) -> bool:
+        """Tell an archived result the optimizer did not ask (resume). Some nevergrad optimizers cannot take every
+        such tell (e.g. `DiscreteDE` 1.0.12 fails once its population is full: a KeyError inside nevergrad); the
+        result stays in the archive and on the front, the optimizer just does not learn from it. Returns whether it
+        was told."""
+        try:
+            self.tell(self.candidate(arch), normalised, violations)
+        except Exception as error:  # noqa: BLE001 (nevergrad raises assorted types here)
+            logger.warning("%s could not take an archived result on resume (%r); continuing", self.name, error)
+            return False
+        return True
 
     def save_state(self, path: str | Path, asked: int) -> None:
         """The parametrization's random state and the ask count, as JSON (written atomically)."""

@@ -257,8 +257,11 @@ def _coordinate(config: SearchConfig, supernet_dir: Path, spec: FitnessSpec, mak
                 oracle.measured.setdefault(
                     record["hash"], {"median_ms": record["latency"]["ms"], "iqr_ms": record["latency"]["iqr_ms"]}
                 )
-            candidate = evolution.candidate(space.decode(record["encoding"]))
-            evolution.tell(candidate, _normalised(record["objectives"], objectives, reference), record["violations"])
+            evolution.remember(
+                space.decode(record["encoding"]),
+                _normalised(record["objectives"], objectives, reference),
+                record["violations"],
+            )
         elif record["kind"] == "latency":
             oracle.measured[record["hash"]] = record["measurement"]
     for record in records:
@@ -457,7 +460,10 @@ def _check_same_run(path: Path, info: dict) -> None:
     """Write `run.json`, or check that the run being resumed in this folder had the same settings."""
     if path.is_file():
         saved = json.loads(path.read_text())
-        changed = sorted(key for key in info.keys() | saved.keys() if saved.get(key) != info.get(key))
+        # The supernet's path may move; its weights are pinned by fitness_key.
+        changed = sorted(
+            key for key in info.keys() | saved.keys() if key != "supernet" and saved.get(key) != info.get(key)
+        )
         if changed:
             raise ValueError(
                 f"Config field output_dir = {str(path.parent)!r} holds a search run with different {changed}; "

@@ -144,7 +144,7 @@ def test_evolution_resume_state_round_trip(tmp_path):
 
     resumed = make()
     for arch, losses in history:
-        resumed.tell(resumed.candidate(arch), losses, [])
+        assert resumed.remember(arch, losses, [])
     assert resumed.load_state(tmp_path / "state.json") == 10
     assert resumed.optimizer.num_tell == running.optimizer.num_tell
     expected, actual = running.optimizer.parametrization.random_state, resumed.optimizer.parametrization.random_state
@@ -190,3 +190,15 @@ def test_batchnorm_recalibration_re_estimates_running_statistics():
     torch.testing.assert_close(model[1].running_mean, features.mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-5)
     assert not model.training and model[1].momentum == 0.1  # mode and momentum restored
     assert recalibrate_batchnorm(torch.nn.Linear(2, 2), batches) == 0
+
+
+def test_resume_replay_survives_optimizers_that_reject_untold_points():
+    """DiscreteDE (nevergrad 1.0.12) raises inside nevergrad on some tells of points it did not ask; a resume must
+    carry on regardless."""
+    space = _space()
+    evolution = Evolution(space, "DiscreteDE", budget=200, seed=0, num_workers=2, num_objectives=2)
+    rng = random.Random(0)
+    told = [evolution.remember(space.sample(rng), [rng.random(), rng.random()], []) for _ in range(120)]
+    assert any(told)
+    candidate, arch = evolution.ask()  # still usable
+    evolution.tell(candidate, [0.5, 0.5], [])
