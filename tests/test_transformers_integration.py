@@ -139,8 +139,8 @@ def test_upernet_accepts_evonet_backbone(tmp_path):
     model.save_pretrained(tmp_path)
     loaded = UperNetForSemanticSegmentation.from_pretrained(tmp_path).eval()
     model.eval()
-    with torch.no_grad():
-        assert torch.equal(loaded(pixel_values).logits, model(pixel_values).logits)
+    with torch.no_grad():  # not bit-exact: oneDNN may pick other kernels for differently aligned copies of weights
+        torch.testing.assert_close(loaded(pixel_values).logits, model(pixel_values).logits, rtol=1e-5, atol=1e-6)
 
 
 HIDE_EVONETS_AND_LOAD = textwrap.dedent(
