@@ -10,10 +10,11 @@ import os
 import platform
 import re
 import statistics
+import sys
 import time
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Hashable
 
 try:
     import resource
@@ -23,17 +24,13 @@ except ImportError:  # not on Windows
 import torch
 import transformers
 
-DOC_PATH = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # the benchmarks run as scripts from bench/
+    sys.path.insert(0, str(REPO))
 
+from search.latency import cpu_model  # one definition, also in every latency fingerprint
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+DOC_PATH = REPO / "docs" / "benchmarks.md"
 
 
 def machine_description(threads: int | None = None) -> str:

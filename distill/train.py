@@ -29,58 +29,13 @@ from distill.config import DistillConfig
 SECTION = "distill"
 
 
-def build_parser(prog: str = "distill/train.py", description: str = __doc__):
-    from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
-
-    set_parsing_settings(docstring_parse_attribute_docstrings=True)
-    parser = ArgumentParser(prog=prog, description=description, exit_on_error=True)
-    parser.add_argument(
-        "--config", action=ActionConfigFile, help="YAML config file (fields at top level or under 'distill:')."
-    )
-    parser.add_class_arguments(DistillConfig, as_group=False)
-    return parser
-
-
-def _section_configs(argv: list[str]) -> list[str]:
-    """Replace `--config FILE` whose YAML has a top-level `distill:` section by that section (as a YAML string)."""
-    import yaml
-
-    result, index = [], 0
-    while index < len(argv):
-        item = argv[index]
-        value, consumed = None, 1
-        if item == "--config" and index + 1 < len(argv):
-            value, consumed = argv[index + 1], 2
-        elif item.startswith("--config="):
-            value = item.split("=", 1)[1]
-        if value is not None and Path(value).is_file():
-            loaded = yaml.safe_load(Path(value).read_text())
-            if isinstance(loaded, dict) and SECTION in loaded:
-                section = loaded[SECTION] or {}
-                if not isinstance(section, dict):
-                    raise SystemExit(f"error: the '{SECTION}:' section of {value} is not a mapping.")
-                value = yaml.safe_dump(section)
-            result.extend(["--config", value])
-        else:
-            result.extend(argv[index : index + consumed])
-        index += consumed
-    return result
-
-
 def parse_config(
     argv: list[str] | None = None, prog: str = "distill/train.py", description: str = __doc__
 ) -> DistillConfig:
     """The `DistillConfig` of a command line (YAML + dotted overrides), validated."""
-    parser = build_parser(prog, description)
-    argv = _section_configs(list(sys.argv[1:] if argv is None else argv))
-    namespace = parser.parse_args(argv)
-    namespace.pop("config", None)
-    config = parser.instantiate(namespace)
-    config = DistillConfig(**{field: config[field] for field in DistillConfig.__dataclass_fields__})
-    try:
-        return config.validate()
-    except ValueError as error:
-        parser.error(str(error))
+    from distill.cli import parse_config as parse
+
+    return parse(DistillConfig, argv, prog, description, section=SECTION)
 
 
 def main(argv: list[str] | None = None):

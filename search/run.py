@@ -29,33 +29,16 @@ from search.config import SearchConfig
 
 
 def build_parser():
-    import argparse
+    from distill.cli import build_parser
 
-    from jsonargparse import ActionConfigFile, ArgumentParser, DefaultHelpFormatter, set_parsing_settings
-
-    class HelpFormatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
-        """Keeps the command examples of the description on their own lines."""
-
-    set_parsing_settings(docstring_parse_attribute_docstrings=True)
-    parser = ArgumentParser(
-        prog="search/run.py", description=__doc__, formatter_class=HelpFormatter, exit_on_error=True
-    )
-    parser.add_argument("--config", action=ActionConfigFile, help="YAML config file.")
-    parser.add_class_arguments(SearchConfig, as_group=False)
-    return parser
+    return build_parser(SearchConfig, "search/run.py", __doc__)
 
 
 def parse_config(argv: list[str] | None = None) -> SearchConfig:
     """The `SearchConfig` of a command line (YAML + dotted overrides), validated."""
-    parser = build_parser()
-    namespace = parser.parse_args(argv)
-    namespace.pop("config", None)
-    config = parser.instantiate(namespace)
-    config = SearchConfig(**{field: config[field] for field in SearchConfig.__dataclass_fields__})
-    try:
-        return config.validate()
-    except ValueError as error:
-        parser.error(str(error))
+    from distill.cli import parse_config
+
+    return parse_config(SearchConfig, argv, "search/run.py", __doc__)
 
 
 def main(argv: list[str] | None = None):

@@ -1,0 +1,74 @@
+"""Command lines built from config dataclasses with jsonargparse, shared by `distill/train.py`, `search/run.py` and
+`search/rank_check.py`.
+
+Every tool gets `--config FILE` (YAML), a dotted flag per field (`--trainer.lr 1e-3`), `--help` from the fields'
+docstrings, `--print_config`, and an error for a misspelled key. A tool that owns one *section* of a shared YAML file
+(`distill:` in `configs/quickstart.yaml`) reads that section when the file has it, and the file's top level
+otherwise. After parsing, the dataclass's `validate()` runs and its `ValueError` is reported like a parse error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def section_argv(argv: list[str], section: str) -> list[str]:
+    """Replace `--config FILE` whose YAML has a top-level `section:` by that section (as a YAML string)."""
+    import yaml
+
+    result, index = [], 0
+    while index < len(argv):
+        item = argv[index]
+        value, consumed = None, 1
+        if item == "--config" and index + 1 < len(argv):
+            value, consumed = argv[index + 1], 2
+        elif item.startswith("--config="):
+            value = item.split("=", 1)[1]
+        if value is not None and Path(value).is_file():
+            loaded = yaml.safe_load(Path(value).read_text())
+            if isinstance(loaded, dict) and section in loaded:
+                content = loaded[section] or {}
+                if not isinstance(content, dict):
+                    raise SystemExit(f"error: the '{section}:' section of {value} is not a mapping.")
+                value = yaml.safe_dump(content)
+            result.extend(["--config", value])
+        else:
+            result.extend(argv[index : index + consumed])
+        index += consumed
+    return result
+
+
+def build_parser(config_class: type, prog: str, description: str, section: str | None = None):
+    """A jsonargparse parser with `--config` and one flag per field of `config_class` (nested dataclasses dotted)."""
+    from jsonargparse import ActionConfigFile, ArgumentParser, DefaultHelpFormatter, set_parsing_settings
+
+    class HelpFormatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
+        """Keeps the command examples of a description on their own lines."""
+
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)
+    parser = ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter, exit_on_error=True)
+    where = f" (fields at top level or under '{section}:')" if section else ""
+    parser.add_argument("--config", action=ActionConfigFile, help=f"YAML config file{where}.")
+    parser.add_class_arguments(config_class, as_group=False)
+    return parser
+
+
+def parse_config(config_class: type, argv: list[str] | None, prog: str, description: str, section: str | None = None):
+    """The validated `config_class` instance of a command line (`sys.argv[1:]` when `argv` is None)."""
+    parser = build_parser(config_class, prog, description, section)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if section:
+        argv = section_argv(argv, section)
+    namespace = parser.parse_args(argv)
+    namespace.pop("config", None)
+    instantiated = parser.instantiate(namespace)
+    config = config_class(**{name: instantiated[name] for name in config_class.__dataclass_fields__})
+    try:
+        return config.validate()
+    except ValueError as error:
+        parser.error(str(error))
+
+
+__all__ = ["build_parser", "parse_config", "section_argv"]
