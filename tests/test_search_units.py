@@ -200,5 +200,5 @@ def test_resume_replay_survives_optimizers_that_reject_untold_points():
     rng = random.Random(0)
     told = [evolution.remember(space.sample(rng), [rng.random(), rng.random()], []) for _ in range(120)]
     assert any(told)
-    candidate, arch = evolution.ask()  # still usable
+    candidate, _ = evolution.ask()  # still usable
     evolution.tell(candidate, [0.5, 0.5], [])
