@@ -19,6 +19,8 @@ import json
 import math
 import random
 import warnings
+from collections.abc import Callable
+from concurrent.futures import Future, as_completed
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -30,14 +32,25 @@ from .data import DistillData, EpochShuffleSampler, collate, resize_batch
 
 @dataclass
 class StandaloneRecipe:
-    """The fixed stand-alone training recipe."""
+    """The fixed stand-alone training recipe: AdamW, linear warm-up then cosine decay, cross-entropy, the train split."""
 
     steps: int = 150
+    """Optimizer steps (the train split is reshuffled every epoch)."""
+
     batch_size: int = 64
+    """Batch size."""
+
     lr: float = 3e-3
+    """Peak AdamW learning rate."""
+
     weight_decay: float = 0.05
+    """AdamW weight decay (not on norms and biases)."""
+
     warmup_steps: int = 15
+    """Linear warm-up steps before the cosine decay."""
+
     seed: int = 0
+    """Seed of initialisation and data order."""
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
@@ -131,29 +144,49 @@ def standalone_scores(
     seeds: tuple[int, ...] = (0,),
     cache_path: str | Path | None = None,
     log=print,
+    submit: Callable[[dict, StandaloneRecipe], Future] | None = None,
 ) -> list[dict]:
     """Per architecture, the stand-alone validation `accuracy` and `loss` averaged over `seeds` (each a full
     training with `recipe` and that seed), plus `per_seed` results. Read from / added to the JSON cache at
-    `cache_path`, keyed by recipe (with seed) and architecture encoding."""
+    `cache_path`, keyed by recipe (with seed) and architecture encoding; the cache is rewritten after every training,
+    so an interrupted run keeps what it finished. `log(message)` is called once per training run (not for cached
+    results).
+
+    `submit(arch, recipe)`, when given, schedules one training elsewhere and returns a `concurrent.futures.Future` of
+    its result, e.g. the `submit` of a process pool whose workers load their own copy of the data: every missing
+    training is submitted at once and cached as it finishes. Default: train here, one after another."""
     cache = {}
     if cache_path and Path(cache_path).is_file():
         cache = json.loads(Path(cache_path).read_text())
-    results = []
+    missing = {}  # cache key -> (architecture index, architecture, recipe with the seed), architecture-major
     for index, arch in enumerate(archs):
-        per_seed = []
         for seed in seeds:
             seeded = replace(recipe, seed=seed)
-            key = f"{seeded.key()}:{space.encode(arch)}"
+            key = _cache_key(space, arch, seeded)
             if key not in cache:
-                cache[key] = train_standalone(space, arch, data, seeded)
-                log(
-                    f"stand-alone {index + 1}/{len(archs)} seed {seed}: {space.encode(arch)} -> accuracy "
-                    f"{cache[key]['accuracy']:.3f}, loss {cache[key]['loss']:.4f}"
-                )
-                if cache_path:
-                    Path(cache_path).parent.mkdir(parents=True, exist_ok=True)
-                    Path(cache_path).write_text(json.dumps(cache, indent=1, sort_keys=True) + "\n")
-            per_seed.append(cache[key])
+                missing.setdefault(key, (index, arch, seeded))
+
+    def store(key: str, result: dict[str, float]) -> None:
+        index, arch, seeded = missing[key]
+        cache[key] = result
+        log(
+            f"stand-alone {index + 1}/{len(archs)} seed {seeded.seed}: {space.encode(arch)} -> accuracy "
+            f"{result['accuracy']:.3f}, loss {result['loss']:.4f}"
+        )
+        if cache_path:
+            Path(cache_path).parent.mkdir(parents=True, exist_ok=True)
+            Path(cache_path).write_text(json.dumps(cache, indent=1, sort_keys=True) + "\n")
+
+    if submit is None:
+        for key, (_, arch, seeded) in missing.items():
+            store(key, train_standalone(space, arch, data, seeded))
+    else:
+        futures = {submit(arch, seeded): key for key, (_, arch, seeded) in missing.items()}
+        for future in as_completed(futures):
+            store(futures[future], future.result())
+    results = []
+    for arch in archs:
+        per_seed = [cache[_cache_key(space, arch, replace(recipe, seed=seed))] for seed in seeds]
         results.append(
             {
                 "accuracy": sum(r["accuracy"] for r in per_seed) / len(per_seed),
@@ -162,6 +195,10 @@ def standalone_scores(
             }
         )
     return results
+
+
+def _cache_key(space, arch: dict, recipe: StandaloneRecipe) -> str:
+    return f"{recipe.key()}:{space.encode(arch)}"
 
 
 def seed_ceiling(standalone: list[dict], metric: str = "accuracy") -> float | None:
