@@ -516,48 +516,12 @@ def plot_scatter(report: dict, path: Path) -> None:
 # Command line -------------------------------------------------------------------------------------------------
 
 
-def _section_argv(argv: list[str]) -> list[str]:
-    """Replace `--config FILE` whose YAML has a top-level `rank_check:` section by that section (as a YAML string),
-    so that one file can hold the protocol's `distill:` and `rank_check:` settings."""
-    import yaml
-
-    result, index = [], 0
-    while index < len(argv):
-        item = argv[index]
-        value, consumed = None, 1
-        if item == "--config" and index + 1 < len(argv):
-            value, consumed = argv[index + 1], 2
-        elif item.startswith("--config="):
-            value = item.split("=", 1)[1]
-        if value is not None and Path(value).is_file():
-            loaded = yaml.safe_load(Path(value).read_text())
-            if isinstance(loaded, dict) and SECTION in loaded:
-                value = yaml.safe_dump(loaded[SECTION] or {})
-            result.extend(["--config", value])
-        else:
-            result.extend(argv[index : index + consumed])
-        index += consumed
-    return result
-
-
 def parse_config(argv: list[str] | None = None) -> RankCheckConfig:
-    """The `RankCheckConfig` of a command line (YAML + dotted overrides), validated (errors exit with a message)."""
-    from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
+    """The `RankCheckConfig` of a command line (YAML + dotted overrides; a file's `rank_check:` section when it has
+    one), validated (errors exit with a message)."""
+    from distill.cli import parse_config as parse
 
-    set_parsing_settings(docstring_parse_attribute_docstrings=True)
-    parser = ArgumentParser(prog="search/rank_check.py", description=__doc__, exit_on_error=True)
-    parser.add_argument(
-        "--config", action=ActionConfigFile, help="YAML config file (fields at top level or under 'rank_check:')."
-    )
-    parser.add_class_arguments(RankCheckConfig, as_group=False)
-    namespace = parser.parse_args(_section_argv(list(sys.argv[1:] if argv is None else argv)))
-    namespace.pop("config", None)
-    config = parser.instantiate(namespace)
-    config = RankCheckConfig(**{name: config[name] for name in RankCheckConfig.__dataclass_fields__})
-    try:
-        return config.validate()
-    except ValueError as error:
-        parser.error(str(error))
+    return parse(RankCheckConfig, argv, "search/rank_check.py", __doc__, section=SECTION)
 
 
 def main(argv: list[str] | None = None) -> dict:
