@@ -7,9 +7,10 @@
 
 `n` architectures are sampled from the supernet's search space (distinct, seeded). Each gets
 
-- its **supernet fitness**, the same definition the search uses: validation accuracy with the supernet's inherited
-  weights (the search's error is 1 - accuracy), ties broken by the lower validation cross-entropy. EvoNet has no
-  BatchNorm, so inherited weights need no statistics recalibration;
+- its **supernet fitness**, computed by the search's own evaluator (`search.evaluate.SupernetEvaluator`): validation
+  accuracy with the supernet's inherited weights (the search's error is 1 - accuracy), ties broken by the lower
+  validation cross-entropy (EvoNet has no BatchNorm; a space with BatchNorm would get the evaluator's
+  recalibration), plus the subnet's parameters and MACs;
 - its **stand-alone score**: the same validation accuracy and loss of `EvoNetForImageClassification` built from the
   architecture and trained from scratch on the train split with one fixed recipe (`--standalone.*`), averaged over
   `standalone_seeds` seeds.
@@ -57,7 +58,6 @@ from distill.ranking import (
     rank_correlations,
     sample_architectures,
     standalone_scores,
-    supernet_scores,
     train_standalone,
 )
 
@@ -187,9 +187,9 @@ def seed_ceiling(standalone: list[dict], ranking: str) -> float | None:
 # Loading ------------------------------------------------------------------------------------------------------
 
 
-def load_supernet(path: str):
-    """The `EvoNetSupernet` saved in folder `path`, in eval mode."""
-    from evonets.supernet import EvoNetSupernet
+def load_space_config(path: str):
+    """The search space (`EvoNetSupernetConfig`) of the supernet saved in folder `path`."""
+    from evonets.search_space import EvoNetSupernetConfig
 
     folder = Path(path).expanduser()
     if not (folder / "config.json").is_file():
@@ -198,7 +198,7 @@ def load_supernet(path: str):
             f"(config.json + model.safetensors, e.g. <distill output_dir>/supernet); "
             f"{'it has no config.json' if folder.is_dir() else 'no such folder'}."
         )
-    return EvoNetSupernet.from_pretrained(folder).eval()
+    return EvoNetSupernetConfig.from_pretrained(folder)
 
 
 def resolve_data_config(config: RankCheckConfig) -> DataConfig:
@@ -251,19 +251,6 @@ def _train_in_worker(space, arch: dict, recipe: StandaloneRecipe, data_config_js
     return train_standalone(space, arch, data, recipe)
 
 
-def size_baselines(supernet, archs: list[dict]) -> list[dict[str, int]]:
-    """Parameters and MACs (one image at the architecture's resolution) of each extracted subnet."""
-    from evonets.profiling import count_macs, count_parameters
-
-    sizes = []
-    channels = supernet.config.num_channels
-    for arch in archs:
-        model = supernet.extract(arch)
-        pixel_values = torch.zeros(1, channels, arch["resolution"], arch["resolution"])
-        sizes.append({"params": count_parameters(model), "macs": count_macs(model, pixel_values).total})
-    return sizes
-
-
 # The run ------------------------------------------------------------------------------------------------------
 
 
@@ -277,16 +264,17 @@ def run(config: RankCheckConfig) -> dict:
 
 
 def _run(config: RankCheckConfig) -> dict:
-    supernet = load_supernet(config.supernet)
-    space = supernet.search_space
+    from search.evaluate import FitnessSpec, SupernetEvaluator
+
+    space = load_space_config(config.supernet).search_space
     if config.n > space.cardinality():
         raise ValueError(
             f"Config field n = {config.n} is invalid: the supernet's space has only {space.cardinality()} distinct "
             "architectures."
         )
     data_config = resolve_data_config(config)
-    image_size = data_config.image_size or max(space.config.resolution_choices)
-    data = load_data(data_config, image_size, space.config.num_channels)
+    evaluator = SupernetEvaluator(FitnessSpec(supernet=str(config.supernet), data=asdict(data_config)))
+    data = evaluator.data  # the evaluator's validation split, and the train split for the stand-alone trainings
     logger.info(
         f"data: {data_config.source}, {len(data.train)} train / {len(data.validation)} validation images "
         f"(the test split is not read); {config.n} architectures, sample seed {config.sample_seed}"
@@ -295,13 +283,14 @@ def _run(config: RankCheckConfig) -> dict:
 
     start = time.perf_counter()
     with torch.no_grad():
-        supernet_results = supernet_scores(supernet, data, archs)
-        sizes = size_baselines(supernet, archs)
+        fitness = [evaluator({"encoding": space.encode(arch)}) for arch in archs]
+    supernet_results = [{"accuracy": entry["accuracy"], "loss": entry["loss"]} for entry in fitness]
+    sizes = [{"params": entry["params"], "macs": entry["macs"]} for entry in fitness]
     supernet_seconds = time.perf_counter() - start
     logger.info(f"supernet fitness of {len(archs)} architectures: {supernet_seconds:.1f} s")
 
     start, cpu_start = time.perf_counter(), _cpu_seconds()
-    standalone = _standalone(config, space, archs, data, data_config, image_size)
+    standalone = _standalone(config, space, archs, data, data_config)
     standalone_seconds, standalone_cpu_seconds = time.perf_counter() - start, _cpu_seconds() - cpu_start
 
     report = build_report(config, space, archs, data, data_config, supernet_results, standalone, sizes)
@@ -320,7 +309,7 @@ def _cpu_seconds() -> float:
     return time.process_time() + children.ru_utime + children.ru_stime
 
 
-def _standalone(config, space, archs, data, data_config, image_size) -> list[dict]:
+def _standalone(config, space, archs, data, data_config) -> list[dict]:
     """Stand-alone scores, from the cache or trained here (workers = 1) or in a process pool."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
@@ -348,7 +337,7 @@ def _standalone(config, space, archs, data, data_config, image_size) -> list[dic
         ) as pool:
 
             def submit(arch: dict, recipe: StandaloneRecipe):
-                return pool.submit(_train_in_worker, space, arch, recipe, data_config_json, image_size)
+                return pool.submit(_train_in_worker, space, arch, recipe, data_config_json, data.image_size)
 
             return standalone_scores(space, archs, data, config.standalone, config.seeds, path, log=log, submit=submit)
 
@@ -545,7 +534,7 @@ __all__ = [
     "RankCheckConfig",
     "build_report",
     "cache_path",
-    "load_supernet",
+    "load_space_config",
     "main",
     "parse_config",
     "plot_scatter",
@@ -554,7 +543,6 @@ __all__ = [
     "resolve_data_config",
     "run",
     "seed_ceiling",
-    "size_baselines",
     "write_report",
 ]
 

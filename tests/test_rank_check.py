@@ -24,30 +24,30 @@ def supernet_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cli_run(supernet_dir, tmp_path_factory):
-    """One CLI run (n = 4) with the test split removed from the digits data and every supernet input recorded."""
+    """One CLI run (n = 4, 2 seeds) with the test split removed from the digits data and every scored batch recorded."""
+    import distill.ranking
     import evonets.data
-    from evonets.supernet import EvoNetSupernet
 
     output_dir = tmp_path_factory.mktemp("rank_check")
     load_digits = evonets.data.load_digits_dataset
-    seen_by_supernet = []
-    forward = EvoNetSupernet.forward
+    evaluate = distill.ranking.evaluate
+    scored = []
 
     def without_test_split(*args, **kwargs):
         splits = load_digits(*args, **kwargs)
         del splits["test"]  # reading it would now fail
         return splits
 
-    def recording_forward(self, pixel_values, *args, **kwargs):
-        seen_by_supernet.append(pixel_values.clone())
-        return forward(self, pixel_values, *args, **kwargs)
+    def recording_evaluate(model_fn, pixel_values, labels, resolution, *args, **kwargs):
+        scored.append((pixel_values.clone(), labels.clone(), resolution))
+        return evaluate(model_fn, pixel_values, labels, resolution, *args, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(evonets.data, "load_digits_dataset", without_test_split)
-        patch.setattr(EvoNetSupernet, "forward", recording_forward)
+        patch.setattr(distill.ranking, "evaluate", recording_evaluate)
         argv = ["--supernet", str(supernet_dir), "--n", "4", "--data.source", "digits", "--progress_bar", "false"]
         report = main(argv + FAST + ["--output_dir", str(output_dir)])
-    return report, output_dir, seen_by_supernet
+    return report, output_dir, scored
 
 
 def test_cli_writes_json_markdown_and_scatter(cli_run):
@@ -70,20 +70,20 @@ def test_cli_writes_json_markdown_and_scatter(cli_run):
 
 
 def test_supernet_scores_come_from_the_validation_split(cli_run):
-    from distill.data import load_data, resize_batch
+    from distill.data import load_data
     from distill.ranking import validation_tensors
     from evonets.data import load_digits_dataset
 
-    report, _, seen_by_supernet = cli_run
-    data = load_data(DataConfig(source="digits"), image_size=16)
-    validation_pixels, validation_labels = validation_tensors(data)
+    report, _, scored = cli_run
+    validation_pixels, validation_labels = validation_tensors(load_data(DataConfig(source="digits"), image_size=16))
     splits = load_digits_dataset()
     assert report["data"]["validation_examples"] == len(splits["validation"]) == len(validation_labels)
     assert len(splits["validation"]) != len(splits["test"])
-    scored = [batch for batch in seen_by_supernet if len(batch) == len(validation_labels)]
-    assert len(scored) == 4  # one pass over the validation images per architecture, nothing else of that size
-    for batch, entry in zip(scored, report["architectures"]):
-        torch.testing.assert_close(batch, resize_batch(validation_pixels, entry["resolution"]))
+    # 4 supernet fitness evaluations, then 4 architectures x 2 seeds of stand-alone training, each scored once.
+    assert len(scored) == 4 + 8
+    for pixel_values, labels, _ in scored:
+        assert torch.equal(labels, validation_labels) and torch.equal(pixel_values, validation_pixels)
+    assert [resolution for _, _, resolution in scored[:4]] == [a["resolution"] for a in report["architectures"]]
 
 
 @pytest.mark.parametrize(
