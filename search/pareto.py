@@ -58,15 +58,29 @@ def plot_front(
     y: str = "error",
     constraints: Sequence = (),
     title: str = "",
+    highlight: int | None = None,
+    highlight_label: str = "this model",
 ) -> Path:
     """Scatter every evaluation on (`x`, `y`), infeasible ones greyed, the front highlighted and joined, and a
-    dashed line for each constraint on `x` or `y`. Written as PNG."""
+    dashed line for each constraint on `x` or `y`; point `highlight` (an index into `points`), if given, is drawn as
+    a large star labelled `highlight_label` (a model card marks its model so). Written as PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    if highlight is not None:
+        axes.scatter(
+            [points[highlight][x]],
+            [points[highlight][y]],
+            s=260,
+            marker="*",
+            c="gold",
+            edgecolors="black",
+            zorder=4,
+            label=highlight_label,
+        )
     ok = [i for i in range(len(points)) if feasible[i] and i not in set(front)]
     bad = [i for i in range(len(points)) if not feasible[i]]
     if bad:

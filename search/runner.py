@@ -266,7 +266,7 @@ def _coordinate(config: SearchConfig, supernet_dir: Path, spec: FitnessSpec, mak
             oracle.measured[record["hash"]] = record["measurement"]
     for record in records:
         if record["hash"] in oracle.measured and record["latency"]["source"] != "measured":
-            _apply_latency(record, oracle.measured[record["hash"]], constraints)
+            apply_latency(record, oracle.measured[record["hash"]], constraints)
     num_asked = max([r["index"] + 1 for r in records] + [i + 1 for i in asked] + [0])
     if num_asked:
         evolution.load_state(output_dir / STATE)
@@ -414,10 +414,12 @@ def _measured_front(records: list[dict], objectives: list[str], constraints, ora
             archive.append({"kind": "latency", "hash": records[i]["hash"], "measurement": measurement})
             for record in records:
                 if record["hash"] == records[i]["hash"]:
-                    _apply_latency(record, measurement, constraints)
+                    apply_latency(record, measurement, constraints)
 
 
-def _apply_latency(record: dict, measurement: dict, constraints) -> None:
+def apply_latency(record: dict, measurement: dict, constraints) -> None:
+    """Replace a result record's predicted latency by `measurement` (a `measure_latency` dict), recomputing its
+    objectives and, for a successful evaluation, its constraint violations and feasibility."""
     record["latency"] = {
         "ms": measurement["median_ms"],
         "iqr_ms": measurement["iqr_ms"],
@@ -473,4 +475,4 @@ def _check_same_run(path: Path, info: dict) -> None:
     path.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
 
 
-__all__ = ["SearchResult", "objectives_of", "reference_point", "resolve_supernet", "run"]
+__all__ = ["SearchResult", "apply_latency", "objectives_of", "reference_point", "resolve_supernet", "run"]
