@@ -210,6 +210,19 @@ class EvoNetPreTrainedModel(PreTrainedModel):
         elif isinstance(module, EvoNetLayerScale):
             init.constant_(module.gamma, module.init_value)
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        # transformers writes only the saved class into `auto_map`, but the folder's modeling_evonet.py defines all
+        # the EvoNet models: list each registered one, so that without evonets installed `AutoModel` and
+        # `AutoBackbone` load a saved classifier with trust_remote_code=True too.
+        if type(self.config) is EvoNetConfig and type(self)._auto_class is not None:
+            registered = {
+                cls._auto_class: f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}"
+                for cls in (EvoNetModel, EvoNetForImageClassification, EvoNetBackbone)
+                if cls._auto_class is not None
+            }
+            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **registered}
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
 
 class EvoNetModel(EvoNetPreTrainedModel):
     def __init__(self, config: EvoNetConfig):

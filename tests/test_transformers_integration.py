@@ -163,7 +163,7 @@ HIDE_EVONETS_AND_LOAD = textwrap.dedent(
 
     import torch
     from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModelForImageClassification
+    from transformers import AutoBackbone, AutoConfig, AutoModel, AutoModelForImageClassification
 
     folder, tensors = sys.argv[1], load_file(sys.argv[2])
     config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
@@ -176,6 +176,16 @@ HIDE_EVONETS_AND_LOAD = textwrap.dedent(
     diff = (logits - tensors["logits"]).abs().max().item()
     print("max abs diff", diff)
     assert diff <= 1e-5, diff
+    # the folder's code defines every EvoNet model, and its auto_map lists them
+    base = AutoModel.from_pretrained(folder, trust_remote_code=True)
+    # (AutoBackbone.from_pretrained of a local folder asks the Hub first in transformers 5.23, hence from_config)
+    backbone_config = AutoConfig.from_pretrained(folder, trust_remote_code=True, out_features=["stage2"])
+    backbone = AutoBackbone.from_config(backbone_config, trust_remote_code=True)
+    assert (type(base).__name__, type(backbone).__name__) == ("EvoNetModel", "EvoNetBackbone")
+    reference = model.evonet.state_dict()
+    assert all(torch.equal(tensor, reference[name]) for name, tensor in base.state_dict().items())
+    with torch.no_grad():
+        assert backbone(tensors["pixel_values"]).feature_maps[0].shape[1] == config.hidden_sizes[1]
     """
 )
 
