@@ -10,10 +10,13 @@ from transformers import (
     AutoConfig,
     AutoImageProcessor,
     AutoModel,
+    AutoModelForDepthEstimation,
     AutoModelForImageClassification,
+    AutoModelForSemanticSegmentation,
 )
 
 from .configuration_evonet import BLOCK_TYPES, EvoNetConfig
+from .detection import build_rt_detr
 from .image_processing_evonet import EvoNetImageProcessor
 from .modeling_evonet import (
     MIXERS,
@@ -22,6 +25,9 @@ from .modeling_evonet import (
     EvoNetModel,
     EvoNetPreTrainedModel,
 )
+from .modeling_evonet_depth import EvoNetDepthConfig, EvoNetForDepthEstimation
+from .modeling_evonet_segmentation import EvoNetForSemanticSegmentation, EvoNetSegmentationConfig, build_upernet
+from .modeling_evonet_view_synthesis import EvoNetForNovelViewSynthesis, EvoNetViewSynthesisConfig
 from .search_space import EvoNetSupernetConfig, SearchSpace
 from .supernet import EvoNetSupernet
 
@@ -43,18 +49,39 @@ EvoNetBackbone.register_for_auto_class("AutoBackbone")
 EvoNetImageProcessor.register_for_auto_class("AutoImageProcessor")
 EvoNetSupernetConfig.register_for_auto_class()
 EvoNetSupernet.register_for_auto_class("AutoModelForImageClassification")
+AutoConfig.register(EvoNetDepthConfig.model_type, EvoNetDepthConfig, exist_ok=True)
+AutoModelForDepthEstimation.register(EvoNetDepthConfig, EvoNetForDepthEstimation, exist_ok=True)
+EvoNetDepthConfig.register_for_auto_class()
+EvoNetForDepthEstimation.register_for_auto_class("AutoModelForDepthEstimation")
+AutoConfig.register(EvoNetSegmentationConfig.model_type, EvoNetSegmentationConfig, exist_ok=True)
+AutoModelForSemanticSegmentation.register(EvoNetSegmentationConfig, EvoNetForSemanticSegmentation, exist_ok=True)
+EvoNetSegmentationConfig.register_for_auto_class()
+EvoNetForSemanticSegmentation.register_for_auto_class("AutoModelForSemanticSegmentation")
+# transformers has no Auto class for novel view synthesis: the model registers with AutoModel.
+AutoConfig.register(EvoNetViewSynthesisConfig.model_type, EvoNetViewSynthesisConfig, exist_ok=True)
+AutoModel.register(EvoNetViewSynthesisConfig, EvoNetForNovelViewSynthesis, exist_ok=True)
+EvoNetViewSynthesisConfig.register_for_auto_class()
+EvoNetForNovelViewSynthesis.register_for_auto_class("AutoModel")
 
 __all__ = [
     "BLOCK_TYPES",
     "MIXERS",
     "EvoNetBackbone",
     "EvoNetConfig",
+    "EvoNetDepthConfig",
+    "EvoNetForDepthEstimation",
     "EvoNetForImageClassification",
+    "EvoNetForNovelViewSynthesis",
+    "EvoNetForSemanticSegmentation",
     "EvoNetImageProcessor",
     "EvoNetModel",
     "EvoNetPreTrainedModel",
+    "EvoNetSegmentationConfig",
     "EvoNetSupernet",
     "EvoNetSupernetConfig",
+    "EvoNetViewSynthesisConfig",
     "SearchSpace",
     "__version__",
+    "build_rt_detr",
+    "build_upernet",
 ]

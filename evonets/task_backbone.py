@@ -8,14 +8,24 @@ Every downstream head (segmentation, detection, depth, view synthesis) takes its
 
 `backbone_config(source, out_features)` gives the config a head is built from; `load_backbone_weights(backbone,
 source)` fills a built head's backbone from the folder. Both read only safetensors and JSON.
+
+Our own heads (depth, segmentation MLP decoder, view synthesis) share two bases: `EvoNetHeadConfig` (the
+`backbone_config` sub-config) and `EvoNetHeadPreTrainedModel` (its `from_backbone(source, ...)` builder).
+transformers' own heads (UperNet, RT-DETR) get the same two functions from their builders.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
+from typing import ClassVar
 
+from ._compat import PreTrainedConfig
 from .configuration_evonet import EvoNetConfig
+from .modeling_evonet import EvoNetPreTrainedModel
+
+logger = logging.getLogger(__name__)
 
 BackboneSource = EvoNetConfig | dict | str | os.PathLike
 
@@ -31,7 +41,8 @@ def _folder(source: str | os.PathLike) -> Path:
 
 
 def backbone_config(source: BackboneSource, out_features: list[str] | None = None) -> EvoNetConfig:
-    """The `EvoNetConfig` of `source` (config, dict or saved folder), returning the stages in `out_features`.
+    """The `EvoNetConfig` of `source` (config, dict or saved folder), returning the stages in `out_features`
+    (default: every stage, `stage1` .. `stageN`).
 
     Classification-only fields of a saved classifier (labels, `architectures`) are dropped: the head has its own.
     """
@@ -52,8 +63,9 @@ def backbone_config(source: BackboneSource, out_features: list[str] | None = Non
         )
     config.architectures = None
     config.id2label, config.label2id = {0: "LABEL_0", 1: "LABEL_1"}, {"LABEL_0": 0, "LABEL_1": 1}
-    if out_features is not None:
-        config.set_output_features_output_indices(out_features=list(out_features), out_indices=None)
+    if out_features is None:
+        out_features = config.stage_names[1:]
+    config.set_output_features_output_indices(out_features=list(out_features), out_indices=None)
     return config
 
 
@@ -89,7 +101,64 @@ def load_backbone_weights(backbone, source: BackboneSource) -> list[str]:
             f"(first: {unmatched_body[0]!r}); is it an EvoNet of the same architecture?"
         )
     backbone.load_state_dict({key: state[key] for key in own if key in state}, strict=False)
+    if missing:
+        logger.info("Backbone weights from %s; newly initialised: %s", source, ", ".join(missing))
     return missing
+
+
+class EvoNetHeadConfig(PreTrainedConfig):
+    r"""
+    Base of the configs of our task heads: an EvoNet backbone as the `backbone_config` sub-config.
+
+    Args:
+        backbone_config (`EvoNetConfig | dict`, *optional*): the backbone; the head uses the feature maps of its
+            `out_features`. Defaults to `EvoNetConfig()` returning every stage. To start from a trained backbone (a
+            search run's `models/<hash>/` folder), use the model's `from_backbone`.
+    """
+
+    sub_configs_defaults: ClassVar[dict] = {"backbone_config": EvoNetConfig}
+
+    backbone_config: dict | PreTrainedConfig | None = None
+
+    def __post_init__(self, **kwargs):
+        # Resolved here rather than by transformers' AutoConfig lookup, so that the remote-code copy of this file
+        # also loads where evonets (and its "evonet" AutoConfig registration) is not installed.
+        if self.backbone_config is None:
+            self.backbone_config = backbone_config(EvoNetConfig())
+        elif isinstance(self.backbone_config, dict):
+            self.backbone_config = EvoNetConfig.from_dict(self.backbone_config)
+        super().__post_init__(**kwargs)
+        self.validate_architecture()
+
+    def validate_architecture(self):
+        """Raise `ValueError` naming the field, the bad value and what is allowed (`TypeError` for a wrong type);
+        subclasses check their own fields after this."""
+        if not isinstance(self.backbone_config, EvoNetConfig):
+            raise TypeError(
+                f"{type(self).__name__}.backbone_config is a {type(self.backbone_config).__name__}: expected an "
+                "EvoNetConfig or its dict."
+            )
+
+
+class EvoNetHeadPreTrainedModel(EvoNetPreTrainedModel):
+    """Base of our task heads: EvoNet weight init (SSM parameters, layer-scale) for the backbone, the default init
+    (normal of std `initializer_range`, zero biases) for the rest; the backbone is `self.backbone`."""
+
+    config_class = EvoNetHeadConfig
+    base_model_prefix = "backbone"
+
+    @classmethod
+    def from_backbone(cls, source: BackboneSource, out_features: list[str] | None = None, **config_kwargs):
+        """A head whose backbone comes from `source`: an `EvoNetConfig` / dict (from scratch) or a saved EvoNet
+        folder such as a search run's `models/<hash>/` (architecture and weights).
+
+        `out_features` (default: every stage, `stage1` .. `stageN`) are the maps the head uses; `config_kwargs` go
+        to the head's config class (`cls.config_class`).
+        """
+        config = cls.config_class(backbone_config=backbone_config(source, out_features), **config_kwargs)
+        model = cls(config)
+        load_backbone_weights(model.backbone, source)
+        return model
 
 
 def shared_data_dir() -> Path:
@@ -103,4 +172,11 @@ def shared_data_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-__all__ = ["BackboneSource", "backbone_config", "load_backbone_weights", "shared_data_dir"]
+__all__ = [
+    "BackboneSource",
+    "EvoNetHeadConfig",
+    "EvoNetHeadPreTrainedModel",
+    "backbone_config",
+    "load_backbone_weights",
+    "shared_data_dir",
+]
