@@ -512,6 +512,26 @@ def test_export_a_task_model_with_a_searched_backbone(quickstart_run, tmp_path):
     np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-4)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("head", ["segmentation", "depth"])
+def test_export_our_heads_with_a_searched_backbone(quickstart_run, tmp_path, head):
+    """Our own heads on a searched front member go through the same export: checked in onnxruntime, timed."""
+    member = min(_pareto(quickstart_run / "search")["front"], key=lambda member: member["metrics"]["macs"])
+    source = quickstart_run / "search" / "models" / member["hash"]
+    torch.manual_seed(0)
+    if head == "segmentation":
+        model = evonets.EvoNetForSemanticSegmentation.from_backbone(
+            source, id2label={0: "background", 1: "cell"}, decoder_hidden_size=16
+        )
+    else:
+        model = evonets.EvoNetForDepthEstimation.from_backbone(source, decoder_hidden_size=16, head_hidden_size=8)
+    model.eval().save_pretrained(tmp_path / head)
+    cli(["export", str(tmp_path / head), "--image-size", "32", "--repeats", "5"])
+    report = json.loads((tmp_path / head / "onnx_export.json").read_text())
+    assert report["model_class"] == type(model).__name__ and report["input_shape"][1:] == [3, 32, 32]
+    assert report["max_abs_diff"] <= 1e-4 and report["latency"]["median_ms"] > 0
+
+
 # Loading the published files -----------------------------------------------------------------------------------
 
 
