@@ -1,10 +1,36 @@
 """Shared fixtures."""
 
 import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 
 from evonets.task_backbone import shared_data_dir
+
+# Prepended to every `without_evonets` script: a user who has only transformers, not our package.
+HIDE_EVONETS = """
+import importlib.abc
+import sys
+
+
+class HideEvoNets(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "evonets" or name.startswith("evonets."):
+            raise ModuleNotFoundError(f"No module named {name!r} (hidden by the test)")
+        return None
+
+
+sys.meta_path.insert(0, HideEvoNets())
+try:
+    import evonets  # noqa: F401
+except ModuleNotFoundError:
+    pass
+else:
+    raise SystemExit("evonets is still importable")
+
+"""
 
 
 @pytest.fixture(scope="session")
@@ -18,3 +44,25 @@ def shared_data():
             pytest.fail(message)
         pytest.skip(message)
     return folder
+
+
+@pytest.fixture
+def without_evonets(tmp_path):
+    """`run(body, *args)` runs the Python source `body` in a fresh interpreter where `import evonets` fails (so
+    `trust_remote_code=True` must use the code saved in the folder), offline and with its own modules cache under
+    `tmp_path`, as `python script.py *args`. It fails the test, with the script's output, unless the script exits
+    with 0, and returns the `subprocess.CompletedProcess` for further checks on its stdout."""
+
+    def run(body: str, *args) -> subprocess.CompletedProcess:
+        script = tmp_path / "without_evonets.py"
+        script.write_text(HIDE_EVONETS + textwrap.dedent(body))
+        env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
+        env.pop("PYTHONPATH", None)
+        result = subprocess.run(
+            [sys.executable, str(script), *map(str, args)],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result
+
+    return run

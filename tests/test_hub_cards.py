@@ -535,17 +535,10 @@ def test_export_our_heads_with_a_searched_backbone(quickstart_run, tmp_path, hea
 # Loading the published files -----------------------------------------------------------------------------------
 
 
-LOAD_WITHOUT_EVONETS = textwrap.dedent(
+LOAD_WITH_REMOTE_CODE = textwrap.dedent(
     """
-    import importlib.abc, sys
+    import sys
 
-    class HideEvoNets(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "evonets" or name.startswith("evonets."):
-                raise ModuleNotFoundError(f"No module named {name!r} (hidden by the test)")
-            return None
-
-    sys.meta_path.insert(0, HideEvoNets())
     import torch
     from safetensors.torch import load_file
     from transformers import AutoModelForImageClassification
@@ -574,7 +567,7 @@ def _published(files: dict[str, Path], folder: Path) -> Path:
     return folder
 
 
-def test_published_folders_load_with_and_without_evonets(built_run, tmp_path):
+def test_published_folders_load_with_and_without_evonets(built_run, tmp_path, without_evonets):
     pareto = _pareto(built_run)
     member = max(pareto["front"], key=lambda member: member["metrics"]["accuracy"])
     model_dir = _published(model_files(built_run / "models" / member["hash"]), tmp_path / "model")
@@ -592,13 +585,5 @@ def test_published_folders_load_with_and_without_evonets(built_run, tmp_path):
         torch.testing.assert_close(pooled, model.evonet(pixel_values).pooler_output)
     # without evonets: remote code from the published files only
     save_file({"pixel_values": pixel_values, "logits": logits}, tmp_path / "expected.safetensors")
-    script = tmp_path / "load_without_evonets.py"
-    script.write_text(LOAD_WITHOUT_EVONETS)
-    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
-    env.pop("PYTHONPATH", None)
-    completed = subprocess.run(
-        [sys.executable, str(script), str(model_dir), str(supernet_dir), str(tmp_path / "expected.safetensors")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
-    assert completed.returncode == 0, completed.stdout + completed.stderr[-3000:]
+    completed = without_evonets(LOAD_WITH_REMOTE_CODE, model_dir, supernet_dir, tmp_path / "expected.safetensors")
     assert "model max abs diff" in completed.stdout and "extracted max abs diff" in completed.stdout

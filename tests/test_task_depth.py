@@ -4,9 +4,6 @@ backbone from a saved folder, input errors, and a short real `Trainer` run."""
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -197,17 +194,10 @@ def test_save_and_load_through_auto_model_for_depth_estimation(tmp_path):
         torch.testing.assert_close(loaded(pixel_values).predicted_depth, model(pixel_values).predicted_depth)
 
 
-HIDE_EVONETS_AND_LOAD = textwrap.dedent(
+LOAD_WITH_REMOTE_CODE = textwrap.dedent(
     """
-    import importlib.abc, sys
+    import sys
 
-    class HideEvoNets(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "evonets" or name.startswith("evonets."):
-                raise ModuleNotFoundError(f"No module named {name!r} (hidden by the test)")
-            return None
-
-    sys.meta_path.insert(0, HideEvoNets())
     import torch
     from safetensors.torch import load_file
     from transformers import AutoModelForDepthEstimation
@@ -222,7 +212,7 @@ HIDE_EVONETS_AND_LOAD = textwrap.dedent(
 )
 
 
-def test_saved_folder_loads_with_remote_code_without_evonets(tmp_path):
+def test_saved_folder_loads_with_remote_code_without_evonets(tmp_path, without_evonets):
     torch.manual_seed(0)
     model = tiny_depth_model().eval()
     model.save_pretrained(tmp_path / "model")
@@ -231,14 +221,7 @@ def test_saved_folder_loads_with_remote_code_without_evonets(tmp_path):
     with torch.no_grad():
         expected = model(pixel_values).predicted_depth
     save_file({"pixel_values": pixel_values, "predicted_depth": expected}, tmp_path / "expected.safetensors")
-    (tmp_path / "load.py").write_text(HIDE_EVONETS_AND_LOAD)
-    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
-    env.pop("PYTHONPATH", None)
-    result = subprocess.run(
-        [sys.executable, "load.py", str(tmp_path / "model"), str(tmp_path / "expected.safetensors")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout + result.stderr
+    result = without_evonets(LOAD_WITH_REMOTE_CODE, tmp_path / "model", tmp_path / "expected.safetensors")
     assert float(result.stdout.split("max abs diff")[1]) <= 1e-5, result.stdout
 
 

@@ -3,10 +3,7 @@ UperNet on EvoNet backbones (forward, backward, save / load, backbone from a fol
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -306,15 +303,9 @@ def test_heads_forward_backward_and_round_trip(decoder, coco, tmp_path):
         assert (tmp_path / "modeling_evonet_segmentation.py").is_file()
 
 
-LOAD_WITHOUT_EVONETS = """
-import importlib.abc, sys
+LOAD_WITH_REMOTE_CODE = """
+import sys
 
-class HideEvoNets(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "evonets" or name.startswith("evonets."):
-            raise ModuleNotFoundError(f"No module named {name!r} (hidden by the test)")
-
-sys.meta_path.insert(0, HideEvoNets())
 import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForSemanticSegmentation
@@ -329,7 +320,7 @@ print("ok", diff)
 """
 
 
-def test_mlp_head_folder_loads_with_remote_code_without_evonets(tmp_path):
+def test_mlp_head_folder_loads_with_remote_code_without_evonets(tmp_path, without_evonets):
     torch.manual_seed(0)
     model = evonets.EvoNetForSemanticSegmentation.from_backbone(small_backbone(), id2label={0: "a", 1: "b"}).eval()
     model.save_pretrained(tmp_path / "model")
@@ -339,19 +330,8 @@ def test_mlp_head_folder_loads_with_remote_code_without_evonets(tmp_path):
             {"pixel_values": pixel_values, "logits": model(pixel_values).logits.contiguous()},
             tmp_path / "expected.safetensors",
         )
-    (tmp_path / "load.py").write_text(LOAD_WITHOUT_EVONETS)
-    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
-    env.pop("PYTHONPATH", None)
-    result = subprocess.run(
-        [sys.executable, "load.py", str(tmp_path / "model"), str(tmp_path / "expected.safetensors")],
-        check=False,
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0 and "ok" in result.stdout, result.stdout + result.stderr
+    result = without_evonets(LOAD_WITH_REMOTE_CODE, tmp_path / "model", tmp_path / "expected.safetensors")
+    assert "ok" in result.stdout, result.stdout + result.stderr
 
 
 def test_mlp_head_ignores_unlabelled_pixels_in_the_loss():

@@ -4,9 +4,6 @@ EvoNet backbone, save / load, backbones from folders, errors, and a real `Traine
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -306,17 +303,10 @@ def test_save_and_load_through_auto_classes(tmp_path, scene):
         torch.testing.assert_close(loaded(**batch).rgb, model(**batch).rgb)
 
 
-LOAD_WITHOUT_EVONETS = textwrap.dedent(
+LOAD_WITH_REMOTE_CODE = textwrap.dedent(
     """
-    import importlib.abc, sys
+    import sys
 
-    class HideEvoNets(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "evonets" or name.startswith("evonets."):
-                raise ModuleNotFoundError(f"No module named {name!r} (hidden by the test)")
-            return None
-
-    sys.meta_path.insert(0, HideEvoNets())
     import torch
     from safetensors.torch import load_file
     from transformers import AutoModel
@@ -333,26 +323,13 @@ LOAD_WITHOUT_EVONETS = textwrap.dedent(
 )
 
 
-def test_saved_folder_loads_with_remote_code_without_evonets(tmp_path, scene):
+def test_saved_folder_loads_with_remote_code_without_evonets(tmp_path, scene, without_evonets):
     model = small_model().eval()
     model.save_pretrained(tmp_path / "model")
     batch = batch_of(scene, count=1, rays=32)
     with torch.no_grad():
         save_file({**batch, "rgb": model(**batch).rgb}, tmp_path / "expected.safetensors")
-    script = tmp_path / "load_remote.py"
-    script.write_text(LOAD_WITHOUT_EVONETS)
-    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
-    env.pop("PYTHONPATH", None)
-    result = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "model"), str(tmp_path / "expected.safetensors")],
-        check=False,
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    without_evonets(LOAD_WITH_REMOTE_CODE, tmp_path / "model", tmp_path / "expected.safetensors")
 
 
 def test_backbone_from_a_saved_classifier_folder(tmp_path):

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -70,7 +67,10 @@ def test_trainer_learns_digits_and_pipeline_serves_the_model(digits, tmp_path):
     processor = digits_processor()
 
     def preprocess(batch):
-        return {"pixel_values": processor(batch["image"], return_tensors="pt")["pixel_values"], "labels": batch["label"]}
+        return {
+            "pixel_values": processor(batch["image"], return_tensors="pt")["pixel_values"],
+            "labels": batch["label"],
+        }
 
     encoded = digits.with_transform(preprocess)
     model = small_classifier()
@@ -94,7 +94,10 @@ def test_trainer_learns_digits_and_pipeline_serves_the_model(digits, tmp_path):
         disable_tqdm=True,
     )
     trainer = Trainer(
-        model=model, args=args, train_dataset=encoded["train"], eval_dataset=encoded["validation"],
+        model=model,
+        args=args,
+        train_dataset=encoded["train"],
+        eval_dataset=encoded["validation"],
         compute_metrics=accuracy,
     )
     before = trainer.evaluate()
@@ -126,9 +129,7 @@ def test_upernet_accepts_evonet_backbone(tmp_path):
         num_heads=[1, 2, 2, 2],
         out_features=["stage1", "stage2", "stage3", "stage4"],
     )
-    config = UperNetConfig(
-        backbone_config=backbone_config, num_labels=5, hidden_size=32, use_auxiliary_head=False
-    )
+    config = UperNetConfig(backbone_config=backbone_config, num_labels=5, hidden_size=32, use_auxiliary_head=False)
     model = UperNetForSemanticSegmentation(config)
     assert isinstance(model.backbone, evonets.EvoNetBackbone)
     pixel_values, labels = torch.randn(2, 3, 64, 64), torch.randint(0, 5, (2, 64, 64))
@@ -143,23 +144,9 @@ def test_upernet_accepts_evonet_backbone(tmp_path):
         torch.testing.assert_close(loaded(pixel_values).logits, model(pixel_values).logits, rtol=1e-5, atol=1e-6)
 
 
-HIDE_EVONETS_AND_LOAD = textwrap.dedent(
+LOAD_WITH_REMOTE_CODE = textwrap.dedent(
     """
-    import importlib.abc, sys
-
-    class HideEvoNets(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "evonets" or name.startswith("evonets."):
-                raise ModuleNotFoundError(f"No module named {name!r} (hidden by the test)")
-            return None
-
-    sys.meta_path.insert(0, HideEvoNets())
-    try:
-        import evonets  # noqa: F401
-    except ModuleNotFoundError:
-        pass
-    else:
-        raise SystemExit("evonets is still importable")
+    import sys
 
     import torch
     from safetensors.torch import load_file
@@ -190,7 +177,7 @@ HIDE_EVONETS_AND_LOAD = textwrap.dedent(
 )
 
 
-def test_saved_folder_loads_with_remote_code_without_evonets(tmp_path):
+def test_saved_folder_loads_with_remote_code_without_evonets(tmp_path, without_evonets):
     torch.manual_seed(0)
     model = small_classifier().eval()
     model.save_pretrained(tmp_path / "model")
@@ -198,16 +185,10 @@ def test_saved_folder_loads_with_remote_code_without_evonets(tmp_path):
         assert (tmp_path / "model" / name).exists(), name
     pixel_values = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE)
     with torch.no_grad():
-        save_file({"pixel_values": pixel_values, "logits": model(pixel_values).logits}, tmp_path / "expected.safetensors")
-    script = tmp_path / "load_remote.py"
-    script.write_text(HIDE_EVONETS_AND_LOAD)
-    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
-    env.pop("PYTHONPATH", None)
-    result = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "model"), str(tmp_path / "expected.safetensors")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+        save_file(
+            {"pixel_values": pixel_values, "logits": model(pixel_values).logits}, tmp_path / "expected.safetensors"
+        )
+    result = without_evonets(LOAD_WITH_REMOTE_CODE, tmp_path / "model", tmp_path / "expected.safetensors")
     assert "max abs diff" in result.stdout
     # with evonets installed, the Auto classes use the package's own class
     loaded = AutoModelForImageClassification.from_pretrained(tmp_path / "model")
