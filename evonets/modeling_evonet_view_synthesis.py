@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.utils import ModelOutput
 
+from .data_llff import camera_rays
 from .modeling_evonet import EvoNetBackbone
 from .task_backbone import EvoNetHeadConfig, EvoNetHeadPreTrainedModel
 
@@ -446,6 +447,44 @@ class EvoNetForNovelViewSynthesis(EvoNetViewSynthesisPreTrainedModel):
             sample_depths=sample_depths if output_weights else None,
         )
         return output if return_dict else output.to_tuple()
+
+    def example_inputs(
+        self,
+        image_size: int | tuple[int, int],
+        batch_size: int = 1,
+        num_source_views: int = 2,
+        num_rays: int = 64,
+        seed: int = 0,
+    ) -> dict[str, torch.Tensor]:
+        """Keyword inputs of `forward` for a valid random camera batch: what ONNX export traces and latency times.
+
+        `num_source_views` cameras on a 0.1-wide horizontal baseline, all looking down +z (identity rotation, focal
+        length max(height, width), principal point at the image centre), see random images of `image_size` (an int
+        or (height, width)); the target camera sits at the middle of the baseline and `num_rays` of its rays
+        (`evonets.data_llff.camera_rays`) pass through pixels spread evenly over its image. `near` / `far` are 1 and
+        10 (about where the source frusta overlap), left out when the config sets them. Not a scene: for shapes,
+        export checks and timing only. Returns float32 CPU tensors with batch `batch_size`.
+        """
+        height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+        generator = torch.Generator().manual_seed(seed)
+        intrinsics = torch.tensor(
+            [[max(height, width), 0.0, width / 2], [0.0, max(height, width), height / 2], [0.0, 0.0, 1.0]]
+        )
+        poses = torch.eye(4).repeat(num_source_views, 1, 1)
+        poses[:, 0, 3] = 0.1 * (torch.arange(num_source_views) - (num_source_views - 1) / 2)
+        pixels = torch.linspace(0, height * width - 1, num_rays).round().long().numpy()
+        origins, directions = camera_rays(torch.eye(4).numpy(), intrinsics.numpy(), height, width, pixels)
+        inputs = {
+            "source_images": torch.rand(batch_size, num_source_views, 3, height, width, generator=generator),
+            "source_poses": poses.expand(batch_size, -1, -1, -1).clone(),
+            "source_intrinsics": intrinsics.expand(batch_size, num_source_views, -1, -1).clone(),
+            "ray_origins": torch.from_numpy(origins).expand(batch_size, -1, -1).clone(),
+            "ray_directions": torch.from_numpy(directions).expand(batch_size, -1, -1).clone(),
+        }
+        if self.config.near is None:
+            inputs["near"] = torch.full((batch_size,), 1.0)
+            inputs["far"] = torch.full((batch_size,), 10.0)
+        return inputs
 
     def _render_rays(
         self,

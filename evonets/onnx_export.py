@@ -10,6 +10,11 @@ The graph has one input, `pixel_values` (batch, channels, height, width), and on
 `pooler_output` (`EvoNetModel`), `feature_maps.0`, `feature_maps.1`, ... (`EvoNetBackbone`, one per
 `out_features`). Height and width are fixed at export; with `dynamic_batch` the batch axis is free.
 
+Models with other inputs pass `example_inputs`, a `{name: tensor}` dict of keyword arguments of their forward (e.g.
+`EvoNetForNovelViewSynthesis.example_inputs(image_size)`: source images, poses, intrinsics and target rays): the
+names become the graph's inputs, in that order, every shape but the batch axis is fixed at export, and the check
+runs on these inputs and on them with their first item appended (one more batch).
+
 During export the model is in eval mode and every selective scan runs the pure-PyTorch chunked backend
 (`backend="torch"`: exp, multiply and sum, unrolled over the steps of a chunk, so plain ONNX ops), whatever backend
 its `EvoNetSelectiveScan` modules were set to (the fused CPU and CUDA kernels are custom ops ONNX lacks); both are
@@ -33,8 +38,9 @@ import contextlib
 import os
 import time
 import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,8 +61,9 @@ class OnnxCheckError(RuntimeError):
 class ExportReport:
     """What `export_onnx` wrote and how well it matched PyTorch.
 
-    `input_shape` is the traced shape (with `dynamic_batch` the batch axis is free); `max_abs_diff` is the largest
-    absolute difference over all outputs and all `checked_batch_sizes` (`None` without a check).
+    `input_shapes` are the traced shapes per input and `input_shape` the first one's (with `dynamic_batch` the batch
+    axis is free); `max_abs_diff` is the largest absolute difference over all outputs and all `checked_batch_sizes`
+    (`None` without a check).
     """
 
     path: str
@@ -69,6 +76,7 @@ class ExportReport:
     export_seconds: float
     max_abs_diff: float | None = None
     max_abs_diff_per_output: dict[str, float] = field(default_factory=dict)
+    input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     checked_batch_sizes: list[int] = field(default_factory=list)
     providers: list[str] = field(default_factory=list)
 
@@ -104,20 +112,28 @@ def _flatten_outputs(output: Any) -> list[tuple[str, torch.Tensor]]:
     return flat
 
 
-def named_outputs(model: nn.Module, pixel_values: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
-    """`model(pixel_values)` without loss and hidden states, as the (ONNX output name, tensor) pairs it exports to."""
-    return _flatten_outputs(model(pixel_values, output_hidden_states=False, return_dict=True))
+def named_outputs(
+    model: nn.Module, inputs: torch.Tensor | Mapping[str, torch.Tensor]
+) -> list[tuple[str, torch.Tensor]]:
+    """`model(pixel_values)` without loss and hidden states, or `model(**inputs)` for a dict of named inputs, as the
+    (ONNX output name, tensor) pairs it exports to."""
+    if isinstance(inputs, Mapping):
+        return _flatten_outputs(model(**inputs, return_dict=True))
+    return _flatten_outputs(model(inputs, output_hidden_states=False, return_dict=True))
 
 
 class EvoNetOnnxWrapper(nn.Module):
-    """`pixel_values -> tuple of tensors`: the plain forward the exporters trace (names from `named_outputs`)."""
+    """`pixel_values -> tuple of tensors`, or positional tensors passed to the model as `input_names`: the plain
+    forward the exporters trace (output names from `named_outputs`)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, input_names: Sequence[str] | None = None):
         super().__init__()
         self.model = model
+        self.input_names = list(input_names) if input_names is not None else None
 
-    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(tensor for _, tensor in named_outputs(self.model, pixel_values))
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        named = dict(zip(self.input_names, inputs)) if self.input_names is not None else inputs[0]
+        return tuple(tensor for _, tensor in named_outputs(self.model, named))
 
 
 @contextlib.contextmanager
@@ -169,7 +185,9 @@ def export_onnx(
     dynamic_batch: bool = True,
     check: bool = True,
     atol: float = 1e-4,
+    rtol: float = 0.0,
     seed: int = 0,
+    example_inputs: Mapping[str, torch.Tensor] | None = None,
 ) -> ExportReport:
     """Export `model` to the ONNX file `path` and (with `check`) compare it with PyTorch in onnxruntime.
 
@@ -178,16 +196,21 @@ def export_onnx(
             `pixel_values` and returning a `ModelOutput` of tensors works). Exported in eval mode with the
             pure-PyTorch scan; its mode and scan backends are restored afterwards.
         path: the `.onnx` file to write (parent folders are created). Weights are stored inside it.
-        image_size: `int` or `(height, width)` of the traced input; defaults to `model.config.image_size`.
+        image_size: `int` or `(height, width)` of the traced input; defaults to `model.config.image_size`. Unused
+            with `example_inputs`.
         batch_size: batch of the random input used to trace and check. With `dynamic_batch` a batch of 1 is traced
-            as 2, because `torch.export` fixes axes it sees at size 1.
+            as 2, because `torch.export` fixes axes it sees at size 1 (`example_inputs` of batch 1 get their item
+            twice). Unused with `example_inputs`, whose own batch is traced.
         opset: ONNX opset; `None` takes the exporter's default.
         dynamo: `False` (default) uses the TorchScript tracer, `True` the `torch.export`-based exporter (needs
             onnxscript); see the module docstring for why.
         dynamic_batch: leave the batch axis of the input and of every output free.
         check: run the file in onnxruntime (CPU) at the traced batch and, with `dynamic_batch`, at one more, and
-            raise `OnnxCheckError` if any output differs from PyTorch by more than `atol`.
+            raise `OnnxCheckError` if any output differs from PyTorch by more than `atol + rtol * |PyTorch|`.
+        rtol: relative part of the tolerance, for outputs of large magnitude (e.g. depths along rays).
         seed: seeds the random check inputs (a local generator; the global RNG is untouched).
+        example_inputs: `{name: tensor}` keyword arguments of the model's forward, traced and checked instead of a
+            random `pixel_values`; the names become the ONNX input names. Every tensor has the batch on axis 0.
 
     Returns:
         An `ExportReport` (path, opset, exporter, names, traced shape, timings, differences).
@@ -195,38 +218,35 @@ def export_onnx(
     _import_onnx(dynamo)
     if batch_size < 1:
         raise ValueError(f"batch_size = {batch_size} is invalid: expected a positive int")
-    height, width = _image_size(model, image_size)
-    num_channels = getattr(getattr(model, "config", None), "num_channels", 3)
-    parameter = next(model.parameters(), None)
-    device = parameter.device if parameter is not None else torch.device("cpu")
-    dtype = parameter.dtype if parameter is not None and parameter.is_floating_point() else torch.float32
-    generator = torch.Generator().manual_seed(seed)
-
-    def random_input(batch: int) -> torch.Tensor:
-        return torch.randn(batch, num_channels, height, width, generator=generator).to(device=device, dtype=dtype)
-
-    trace_batch = max(batch_size, 2) if dynamic_batch else batch_size
-    example = random_input(trace_batch)
+    if example_inputs is not None:
+        example, next_example = _named_examples(example_inputs, dynamic_batch)
+        trace_batch = next(iter(example.values())).shape[0]
+    else:
+        trace_batch = max(batch_size, 2) if dynamic_batch else batch_size
+        example, next_example = _random_pixel_values(model, image_size, trace_batch, seed)
+    input_names = list(example) if isinstance(example, dict) else [INPUT_NAME]
+    example_args = tuple(example.values()) if isinstance(example, dict) else (example,)
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
 
     with export_mode(model), torch.no_grad():
-        wrapper = EvoNetOnnxWrapper(model).eval()
+        wrapper = EvoNetOnnxWrapper(model, input_names if isinstance(example, dict) else None).eval()
         output_names = [name for name, _ in named_outputs(model, example)]
         start = time.perf_counter()
         if dynamo:
-            _export_dynamo(wrapper, example, path, output_names, opset, dynamic_batch)
+            _export_dynamo(wrapper, example_args, path, input_names, output_names, opset, dynamic_batch)
         else:
-            _export_torchscript(wrapper, example, path, output_names, opset, dynamic_batch)
+            _export_torchscript(wrapper, example_args, path, input_names, output_names, opset, dynamic_batch)
         export_seconds = time.perf_counter() - start
 
     report = ExportReport(
         path=path,
         opset=_opset_of(path),
         exporter="dynamo" if dynamo else "torchscript",
-        input_names=[INPUT_NAME],
+        input_names=input_names,
         output_names=output_names,
-        input_shape=tuple(example.shape),
+        input_shape=tuple(example_args[0].shape),
+        input_shapes={name: tuple(tensor.shape) for name, tensor in zip(input_names, example_args)},
         dynamic_batch=dynamic_batch,
         export_seconds=export_seconds,
     )
@@ -234,15 +254,44 @@ def export_onnx(
         runtime = OnnxRuntimeModel(path)
         report.providers = runtime.providers
         batches = [trace_batch] + ([trace_batch + 1] if dynamic_batch else [])
-        inputs = [example] + [random_input(batch) for batch in batches[1:]]
-        report.max_abs_diff_per_output = compare_with_pytorch(model, runtime, inputs, atol=atol)
+        inputs = [example] + ([next_example()] if dynamic_batch else [])
+        report.max_abs_diff_per_output = compare_with_pytorch(model, runtime, inputs, atol=atol, rtol=rtol)
         report.checked_batch_sizes = batches
         report.max_abs_diff = max(report.max_abs_diff_per_output.values())
     return report
 
 
-def _export_torchscript(wrapper, example, path, output_names, opset, dynamic_batch) -> None:
-    dynamic_axes = {name: {0: "batch"} for name in [INPUT_NAME, *output_names]} if dynamic_batch else None
+def _random_pixel_values(model, image_size, batch, seed) -> tuple[torch.Tensor, Any]:
+    """A random `pixel_values` of `batch` at the model's size, and a function drawing one of `batch + 1`."""
+    height, width = _image_size(model, image_size)
+    num_channels = getattr(getattr(model, "config", None), "num_channels", 3)
+    parameter = next(model.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    dtype = parameter.dtype if parameter is not None and parameter.is_floating_point() else torch.float32
+    generator = torch.Generator().manual_seed(seed)
+
+    def random_input(size: int) -> torch.Tensor:
+        return torch.randn(size, num_channels, height, width, generator=generator).to(device=device, dtype=dtype)
+
+    return random_input(batch), lambda: random_input(batch + 1)
+
+
+def _named_examples(example_inputs: Mapping[str, torch.Tensor], dynamic_batch: bool) -> tuple[dict, Any]:
+    """The named inputs to trace (a batch of 1 doubled under `dynamic_batch`), and a function returning them with
+    their first item appended (one more batch, to check the free batch axis)."""
+    if not example_inputs or not all(isinstance(value, torch.Tensor) for value in example_inputs.values()):
+        raise ValueError("example_inputs is invalid: expected a non-empty dict of {input name: torch.Tensor}.")
+    batches = {name: tensor.shape[0] if tensor.ndim else None for name, tensor in example_inputs.items()}
+    if len(set(batches.values())) != 1 or None in batches.values():
+        raise ValueError(f"example_inputs have batch sizes {batches}: expected one batch size on axis 0 of each.")
+    example = dict(example_inputs)
+    if dynamic_batch and next(iter(batches.values())) == 1:
+        example = {name: torch.cat([tensor, tensor]) for name, tensor in example.items()}
+    return example, lambda: {name: torch.cat([tensor, tensor[:1]]) for name, tensor in example.items()}
+
+
+def _export_torchscript(wrapper, example_args, path, input_names, output_names, opset, dynamic_batch) -> None:
+    dynamic_axes = {name: {0: "batch"} for name in [*input_names, *output_names]} if dynamic_batch else None
     with warnings.catch_warnings():
         # The tracer warns that it is deprecated, and about Python-level shape checks (the embeddings' input
         # validation, the scan's padding branch) that are constant for a fixed height and width.
@@ -250,9 +299,9 @@ def _export_torchscript(wrapper, example, path, output_names, opset, dynamic_bat
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(
             wrapper,
-            (example,),
+            example_args,
             path,
-            input_names=[INPUT_NAME],
+            input_names=input_names,
             output_names=output_names,
             opset_version=opset,
             dynamic_axes=dynamic_axes,
@@ -261,12 +310,13 @@ def _export_torchscript(wrapper, example, path, output_names, opset, dynamic_bat
         )
 
 
-def _export_dynamo(wrapper, example, path, output_names, opset, dynamic_batch) -> None:
-    dynamic_shapes = {INPUT_NAME: {0: torch.export.Dim("batch")}} if dynamic_batch else None
+def _export_dynamo(wrapper, example_args, path, input_names, output_names, opset, dynamic_batch) -> None:
+    batch = torch.export.Dim("batch")
+    dynamic_shapes = (tuple({0: batch} for _ in example_args),) if dynamic_batch else None  # the `*inputs` varargs
     program = torch.onnx.export(
         wrapper,
-        (example,),
-        input_names=[INPUT_NAME],
+        example_args,
+        input_names=input_names,
         output_names=output_names,
         opset_version=opset,
         dynamic_shapes=dynamic_shapes,
@@ -283,33 +333,44 @@ def _opset_of(path: str) -> int:
 
 
 def compare_with_pytorch(
-    model: nn.Module, runtime: OnnxRuntimeModel, inputs: Sequence[torch.Tensor], atol: float = 1e-4
+    model: nn.Module,
+    runtime: OnnxRuntimeModel,
+    inputs: Sequence[torch.Tensor | Mapping[str, torch.Tensor]],
+    atol: float = 1e-4,
+    rtol: float = 0.0,
 ) -> dict[str, float]:
-    """Largest absolute difference per output between `runtime` and `model` (in eval mode) over `inputs`.
+    """Largest absolute difference per output between `runtime` and `model` (in eval mode) over `inputs` (each a
+    `pixel_values` tensor or a dict of named inputs).
 
-    Raises `OnnxCheckError` naming the output, batch size and difference when one exceeds `atol`, or when the
-    outputs' names or shapes disagree.
+    Raises `OnnxCheckError` naming the output, input shape and difference when one exceeds `atol + rtol * |PyTorch|`
+    (elementwise, as `numpy.allclose`), or when the outputs' names or shapes disagree.
     """
     differences: dict[str, float] = {}
     with _eval_mode(model):
-        for pixel_values in inputs:
+        for model_inputs in inputs:
             with torch.no_grad():
-                expected = dict(named_outputs(model, pixel_values))
-            actual = runtime(pixel_values)
+                expected = dict(named_outputs(model, model_inputs))
+            actual = runtime(model_inputs)
+            shape = (
+                {name: tuple(tensor.shape) for name, tensor in model_inputs.items()}
+                if isinstance(model_inputs, Mapping)
+                else tuple(model_inputs.shape)
+            )
             if list(actual) != list(expected):
                 raise OnnxCheckError(f"ONNX outputs {list(actual)} differ from PyTorch's {list(expected)}")
             for name, tensor in expected.items():
                 reference = tensor.detach().float().cpu().numpy()
                 if actual[name].shape != reference.shape:
                     raise OnnxCheckError(
-                        f"ONNX output {name!r} has shape {actual[name].shape}, PyTorch {reference.shape} "
-                        f"(input {tuple(pixel_values.shape)})"
+                        f"ONNX output {name!r} has shape {actual[name].shape}, PyTorch {reference.shape} (input {shape})"
                     )
-                difference = float(np.max(np.abs(actual[name].astype(np.float32) - reference), initial=0.0))
-                if not np.isfinite(difference) or difference > atol:
+                error = np.abs(actual[name].astype(np.float32) - reference)
+                difference = float(np.max(error, initial=0.0))
+                if not np.isfinite(difference) or np.any(error > atol + rtol * np.abs(reference)):
                     raise OnnxCheckError(
-                        f"ONNX output {name!r} differs from PyTorch by {difference:.3g} > atol {atol:g} "
-                        f"(input {tuple(pixel_values.shape)}, file {runtime.path})"
+                        f"ONNX output {name!r} differs from PyTorch by {difference:.3g} > atol {atol:g}"
+                        + (f" + rtol {rtol:g} * |PyTorch|" if rtol else "")
+                        + f" (input {shape}, file {runtime.path})"
                     )
                 differences[name] = max(differences.get(name, 0.0), difference)
     return differences
@@ -319,7 +380,8 @@ _NUMPY_DTYPES = {"tensor(float16)": np.float16, "tensor(double)": np.float64}
 
 
 class OnnxRuntimeModel:
-    """An exported EvoNet in onnxruntime: `runtime(pixel_values)` returns `{output name: np.ndarray}`.
+    """An exported EvoNet in onnxruntime: `runtime(pixel_values)` returns `{output name: np.ndarray}`; a graph with
+    several inputs takes a `{input name: array or tensor}` dict.
 
     `num_threads` sets onnxruntime's intra-op threads (`None`: its default, one per physical core); inter-op
     parallelism is off, so latencies measured with it are those of one sequential graph.
@@ -355,18 +417,28 @@ class OnnxRuntimeModel:
         )
         self.input_name = self.session.get_inputs()[0].name
         self.input_dtype = _NUMPY_DTYPES.get(self.session.get_inputs()[0].type, np.float32)
+        self.input_dtypes = {node.name: _NUMPY_DTYPES.get(node.type, np.float32) for node in self.session.get_inputs()}
         self.output_names = [output.name for output in self.session.get_outputs()]
 
     @property
     def providers(self) -> list[str]:
         return self.session.get_providers()
 
-    def __call__(self, pixel_values: np.ndarray | torch.Tensor) -> dict[str, np.ndarray]:
-        if isinstance(pixel_values, torch.Tensor):
-            pixel_values = pixel_values.detach().cpu().float().numpy()
-        pixel_values = np.ascontiguousarray(pixel_values, dtype=self.input_dtype)
-        outputs = self.session.run(self.output_names, {self.input_name: pixel_values})
+    def __call__(
+        self, inputs: np.ndarray | torch.Tensor | Mapping[str, np.ndarray | torch.Tensor]
+    ) -> dict[str, np.ndarray]:
+        named = inputs if isinstance(inputs, Mapping) else {self.input_name: inputs}
+        if set(named) != set(self.input_dtypes):
+            raise ValueError(f"inputs {sorted(named)} are invalid: {self.path} takes {list(self.input_dtypes)}.")
+        feed = {name: self._array(value, self.input_dtypes[name]) for name, value in named.items()}
+        outputs = self.session.run(self.output_names, feed)
         return dict(zip(self.output_names, outputs))
+
+    @staticmethod
+    def _array(value: np.ndarray | torch.Tensor, dtype) -> np.ndarray:
+        if isinstance(value, torch.Tensor):
+            value = value.detach().cpu().float().numpy()
+        return np.ascontiguousarray(value, dtype=dtype)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.path!r}, outputs={self.output_names})"

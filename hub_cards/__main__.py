@@ -3,7 +3,7 @@
     python -m hub_cards build runs/quickstart/search                       # a card per front member + the supernet's
     python -m hub_cards build runs/quickstart/search --rank-check runs/rank_check
     python -m hub_cards export runs/quickstart/search --model a1fad2128a88  # model.onnx, checked, ORT latency on the card
-    python -m hub_cards export path/to/saved_model --image-size 64          # any saved model taking pixel_values
+    python -m hub_cards export path/to/saved_model --image-size 64          # pixel_values, or its example_inputs
     python -m hub_cards push runs/quickstart/search --repo-id ORG/NAME --model a1fad2128a88 [--private] [--revision dev]
     python -m hub_cards push runs/quickstart/search --repo-id ORG/NAME-supernet --supernet
 
@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--model", metavar="HASH", help="one front member of a run (default: all)")
     export.add_argument("--image-size", type=int, help="input side of a saved model (default: its config's)")
     export.add_argument("--atol", type=float, default=1e-4, help="largest |onnxruntime - PyTorch| allowed")
+    export.add_argument(
+        "--rtol", type=float, default=0.0, help="saved model folders: also allow rtol * |PyTorch| (e.g. for depths)"
+    )
     export.add_argument("--repeats", type=int, help="timed calls (default: the run's, else 30)")
     export.add_argument("--num-threads", type=int, help="intra-op threads while timing (default: the run's)")
     _card_options(export)
@@ -115,7 +118,10 @@ def _export(args) -> None:
         settings = LatencySettings(backend="onnxruntime")
         _override(settings, args)
         results = [
-            {"hash": path.name, **export_folder(path, image_size=args.image_size, latency=settings, atol=args.atol)}
+            {
+                "hash": path.name,
+                **export_folder(path, image_size=args.image_size, latency=settings, atol=args.atol, rtol=args.rtol),
+            }
         ]
     for result in results:
         latency = result["latency"]

@@ -2,8 +2,10 @@
 
 `export_pretrained(model, path)` works for any `PreTrainedModel` whose forward takes `pixel_values` and returns a
 `ModelOutput` of tensors (an extracted `EvoNetForImageClassification`, `EvoNetModel`, `EvoNetBackbone`, or a task
-model with an EvoNet backbone such as transformers' `UperNetForSemanticSegmentation`). It reuses the project's two
-pieces rather than re-doing them:
+model with an EvoNet backbone such as transformers' `UperNetForSemanticSegmentation`), and for any model with an
+`example_inputs(image_size, batch_size=...)` method giving the named inputs of its forward
+(`EvoNetForNovelViewSynthesis`: source images of `image_size`, poses, intrinsics, target rays, near / far), which are
+then the ONNX inputs. It reuses the project's two pieces rather than re-doing them:
 
 - `evonets.onnx_export.export_onnx`: the export (free batch axis), run in onnxruntime on random inputs at two batch
   sizes and compared with PyTorch output by output (`OnnxCheckError` beyond `atol`);
@@ -44,6 +46,7 @@ def export_pretrained(
     image_size: int | None = None,
     latency=None,
     atol: float = 1e-4,
+    rtol: float = 0.0,
     dynamo: bool = False,
 ) -> dict:
     """Export `model` to the ONNX file `path`, check it against PyTorch in onnxruntime, time it there.
@@ -53,6 +56,7 @@ def export_pretrained(
         image_size: side of the square input; default `config.image_size` (or the backbone config's).
         latency: `search.latency.LatencySettings` with `backend="onnxruntime"` (default: its defaults).
         atol: largest absolute difference allowed between onnxruntime and PyTorch outputs.
+        rtol: plus this fraction of |PyTorch output| (for outputs of large magnitude, such as rendered depths).
         dynamo: use the `torch.export`-based exporter instead of the TorchScript tracer.
 
     Returns:
@@ -77,8 +81,20 @@ def export_pretrained(
             f"the backbone takes num_channels = {num_channels}, but export_onnx feeds the task model "
             f"{getattr(model.config, 'num_channels', 3)}-channel inputs: set the task config's num_channels too."
         )
-    report = export_onnx(model, path, image_size=image_size, dynamic_batch=True, check=True, atol=atol, dynamo=dynamo)
-    measurement = measure_latency(model, image_size, settings, num_channels=num_channels)
+    named_inputs = getattr(model, "example_inputs", None)
+    report = export_onnx(
+        model,
+        path,
+        image_size=image_size,
+        dynamic_batch=True,
+        check=True,
+        atol=atol,
+        rtol=rtol,
+        dynamo=dynamo,
+        example_inputs=named_inputs(image_size) if named_inputs is not None else None,
+    )
+    timed_inputs = named_inputs(image_size, batch_size=settings.batch_size) if named_inputs is not None else None
+    measurement = measure_latency(model, image_size, settings, num_channels=num_channels, example_inputs=timed_inputs)
     return {
         "file": Path(path).name,
         "model_class": type(model).__name__,
@@ -87,11 +103,13 @@ def export_pretrained(
         "input_names": report.input_names,
         "output_names": report.output_names,
         "input_shape": list(report.input_shape),
+        "input_shapes": {name: list(shape) for name, shape in report.input_shapes.items()},
         "dynamic_batch": report.dynamic_batch,
         "checked_batch_sizes": report.checked_batch_sizes,
         "max_abs_diff": report.max_abs_diff,
         "max_abs_diff_per_output": report.max_abs_diff_per_output,
         "atol": atol,
+        "rtol": rtol,
         "providers": report.providers,
         "export_seconds": report.export_seconds,
         "latency": measurement.to_dict(),
@@ -122,11 +140,13 @@ def load_pretrained(folder: str | Path):
     )
 
 
-def export_folder(folder: str | Path, *, image_size: int | None = None, latency=None, atol: float = 1e-4) -> dict:
+def export_folder(
+    folder: str | Path, *, image_size: int | None = None, latency=None, atol: float = 1e-4, rtol: float = 0.0
+) -> dict:
     """Export the model saved in `folder` to `folder/model.onnx` and write the result to `folder/onnx_export.json`."""
     folder = Path(folder).expanduser()
     model = load_pretrained(folder)
-    result = export_pretrained(model, folder / ONNX_FILE, image_size=image_size, latency=latency, atol=atol)
+    result = export_pretrained(model, folder / ONNX_FILE, image_size=image_size, latency=latency, atol=atol, rtol=rtol)
     (folder / ONNX_REPORT).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     return result
 

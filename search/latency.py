@@ -275,10 +275,18 @@ class LatencyMeasurement:
 
 
 def measure_latency(
-    model: nn.Module, resolution: int, settings: LatencySettings, num_channels: int = 3
+    model: nn.Module,
+    resolution: int,
+    settings: LatencySettings,
+    num_channels: int = 3,
+    example_inputs: dict[str, torch.Tensor] | None = None,
 ) -> LatencyMeasurement:
     """Time `model(pixel_values)` on a random (batch_size, num_channels, resolution, resolution) input with the
-    settings' backend (see the module docstring). The model must be on the CPU; its training mode is restored after."""
+    settings' backend (see the module docstring). The model must be on the CPU; its training mode is restored after.
+
+    A model with other inputs passes `example_inputs`, the `{name: tensor}` keyword arguments of its forward, timed
+    as `model(**example_inputs)` (exported with them as named inputs): they replace the random input, so their own
+    batch is the one timed (give them `settings.batch_size`)."""
     settings = settings.validate()
     for name, value in (("resolution", resolution), ("num_channels", num_channels)):
         if not _is_int(value) or value < 1:
@@ -293,7 +301,13 @@ def measure_latency(
     try:
         with (
             tempfile.TemporaryDirectory(prefix="evonets-latency-") as folder,
-            _runner(model, shape, settings, _export_network, os.path.join(folder, "model.onnx")) as call,
+            _runner(
+                model,
+                example_inputs if example_inputs is not None else _random_input(shape),
+                settings,
+                _export_network,
+                os.path.join(folder, "model.onnx"),
+            ) as call,
             _timing_conditions(settings.threads),
         ):
             (seconds,) = _time_interleaved([call], settings.warmup, settings.repeats, 1, CLOCKS[settings.clock])
@@ -317,25 +331,29 @@ def _random_input(shape: tuple[int, ...]) -> torch.Tensor:
 @contextlib.contextmanager
 def _runner(
     module: nn.Module,
-    shape: tuple[int, ...],
+    example: torch.Tensor | dict[str, torch.Tensor],
     settings: LatencySettings,
-    export: Callable[[nn.Module, torch.Tensor, str], None],
+    export: Callable[[nn.Module, torch.Tensor | dict[str, torch.Tensor], str], None],
     onnx_path: str,
 ) -> Iterator[Callable[[], object]]:
-    """A no-argument call that runs `module` once on a random input of `shape` with the settings' backend. For
-    onnxruntime, `export(module, example, onnx_path)` writes the file its session runs (the caller removes it)."""
-    example = _random_input(shape)
+    """A no-argument call that runs `module` once on `example` (a tensor, or a dict of named inputs) with the
+    settings' backend. For onnxruntime, `export(module, example, onnx_path)` writes the file its session runs (the
+    caller removes it)."""
+    named = isinstance(example, dict)
     if settings.backend == "torch":
-        yield partial(module, example)
+        yield partial(module, **example) if named else partial(module, example)
         return
     _import_onnxruntime()
     export(module, example, onnx_path)
     runtime = OnnxRuntimeModel(onnx_path, num_threads=settings.threads)
-    yield partial(runtime, example.numpy())
+    yield partial(runtime, {name: tensor.numpy() for name, tensor in example.items()} if named else example.numpy())
 
 
-def _export_network(model: nn.Module, example: torch.Tensor, path: str) -> None:
+def _export_network(model: nn.Module, example: torch.Tensor | dict[str, torch.Tensor], path: str) -> None:
     """`export_onnx` at the example's fixed shape; no check against PyTorch (timing does not need one)."""
+    if isinstance(example, dict):
+        export_onnx(model, path, example_inputs=example, dynamic_batch=False, check=False)
+        return
     export_onnx(
         model, path, image_size=tuple(example.shape[-2:]), batch_size=example.shape[0], dynamic_batch=False, check=False
     )
@@ -821,7 +839,9 @@ def _time_together(
     that load from other processes hits them alike. With onnxruntime each is exported into `folder` first."""
     with contextlib.ExitStack() as stack:
         calls = [
-            stack.enter_context(_runner(module, shape, settings, export, os.path.join(folder, f"{index}.onnx")))
+            stack.enter_context(
+                _runner(module, _random_input(shape), settings, export, os.path.join(folder, f"{index}.onnx"))
+            )
             for index, (module, shape) in enumerate(modules)
         ]
         with _timing_conditions(settings.threads):

@@ -532,6 +532,41 @@ def test_export_our_heads_with_a_searched_backbone(quickstart_run, tmp_path, hea
     assert report["max_abs_diff"] <= 1e-4 and report["latency"]["median_ms"] > 0
 
 
+def test_export_novel_view_synthesis_with_its_camera_inputs(tmp_path):
+    """A model whose inputs are cameras and rays, not pixel_values: exported with its `example_inputs` as named ONNX
+    inputs, checked at two batch sizes, timed in onnxruntime on the same inputs."""
+    from evonets.onnx_export import OnnxRuntimeModel
+
+    backbone = evonets.EvoNetConfig(
+        patch_size=4, depths=[1, 1], hidden_sizes=[16, 32], block_types=["conv", "attention"], mlp_ratios=2.0,
+        out_features=["stage1", "stage2"],
+    )  # fmt: skip
+    torch.manual_seed(0)
+    config = evonets.EvoNetViewSynthesisConfig(
+        backbone_config=backbone, hidden_size=32, num_view_layers=1, num_samples=8
+    )
+    model = evonets.EvoNetForNovelViewSynthesis(config).eval()
+    model.save_pretrained(tmp_path / "nvs")
+    cli(["export", str(tmp_path / "nvs"), "--image-size", "32", "--repeats", "3", "--atol", "1e-4", "--rtol", "1e-4"])
+    report = json.loads((tmp_path / "nvs" / "onnx_export.json").read_text())
+    assert report["model_class"] == "EvoNetForNovelViewSynthesis" and report["output_names"] == ["rgb", "depth"]
+    assert report["input_names"] == [
+        "source_images", "source_poses", "source_intrinsics", "ray_origins", "ray_directions", "near", "far"
+    ]  # fmt: skip
+    assert report["input_shapes"]["source_images"] == [2, 2, 3, 32, 32] and report["checked_batch_sizes"] == [2, 3]
+    assert report["max_abs_diff"] <= 1e-3 and report["latency"]["median_ms"] > 0
+    # independently of the export's own check: another batch size, other images and shifted target rays
+    inputs = model.example_inputs(32, batch_size=3, num_rays=64, seed=1)
+    inputs["ray_origins"] = inputs["ray_origins"] + torch.tensor([0.02, -0.01, 0.0])
+    actual = OnnxRuntimeModel(tmp_path / "nvs" / "model.onnx")(inputs)
+    with torch.no_grad():
+        expected = model(**inputs)
+    assert actual["rgb"].shape == (3, 64, 3) and actual["depth"].shape == (3, 64)
+    np.testing.assert_allclose(actual["rgb"], expected.rgb.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(actual["depth"], expected.depth.numpy(), rtol=1e-4, atol=1e-4)
+    assert float(expected.depth.min()) >= 1.0 and float(expected.depth.max()) <= 10.0  # within near / far
+
+
 # Loading the published files -----------------------------------------------------------------------------------
 
 
