@@ -385,3 +385,22 @@ def test_trainer_fine_tunes_on_the_real_frames_and_the_loss_falls(frames, tmp_pa
     for name in ("eval_loss", "eval_abs_rel", "eval_rmse", "eval_delta1"):
         assert np.isfinite(metrics[name]), metrics
     assert 0.0 <= metrics["eval_delta1"] <= 1.0
+
+
+def test_zoom_crops_keep_depth_values_and_stay_in_the_training_columns(frames):
+    small = [resize_frame(frame, 60, 80) for frame in frames]
+    zoomed = DepthFramesDataset(
+        small, columns=(0.0, 0.75), crop_size=(32, 32), num_samples=12, scale_range=(0.5, 0.5), seed=0
+    )
+    for item in zoomed:
+        assert item["pixel_values"].shape == (3, 32, 32) and item["labels"].shape == (32, 32)
+        labels = item["labels"][item["labels"] > 0]
+        # nearest resizing only repeats depths: every label is a depth of some training column of some frame
+        training_depths = torch.cat([torch.from_numpy(frame.depth[:, :60]).flatten() for frame in small])
+        assert torch.isin(labels, training_depths).all()
+        # a 16x16 crop (scale 0.5) brought to 32x32 by nearest resizing: every depth fills a 2x2 block
+        assert torch.equal(item["labels"][0::2, 0::2], item["labels"][1::2, 1::2])
+    with pytest.raises(ValueError, match="scale_range"):
+        DepthFramesDataset(small, columns=(0.0, 0.75), crop_size=(32, 32), num_samples=4, scale_range=(0.5, 1.5))
+    with pytest.raises(ValueError, match="scale_range"):
+        DepthFramesDataset(small, columns=(0.0, 0.75), scale_range=(0.5, 1.0))
