@@ -226,17 +226,11 @@ def load_ade20k(
         rows = list(csv.DictReader(handle))
     if not rows or not {"Idx", "Name"} <= set(rows[0]):
         raise ValueError(f"ADE20K class file {class_file} is empty or lacks the columns 'Idx' and 'Name'.")
-    values = sorted(int(row["Idx"]) for row in rows)
     names = {int(row["Idx"]): row["Name"].split(";")[0] for row in rows}
-    if 0 in values:
+    if 0 in names:
         raise ValueError(f"ADE20K class file {class_file} lists Idx 0, which ADE20K reserves for 'other' (ignored).")
-    return SemanticSegmentationDataset(
-        _pair_files(root / "images", root / "annotations", missing_masks),
-        id2label={class_id: names[value] for class_id, value in enumerate(values)},
-        label_mapping={value: class_id for class_id, value in enumerate(values)},
-        ignore_values=(0,),
-        image_size=image_size,
-        augment=augment,
+    return _remapped_dataset(
+        _pair_files(root / "images", root / "annotations", missing_masks), names, image_size, augment
     )
 
 
@@ -265,10 +259,18 @@ def load_coco_semantic(
     named = {int(value): str(name) for value, name in classes.items() if int(value) != 0}
     if not named:
         raise ValueError(f"COCO class file {class_file} has no `classes:` besides 0 (unlabeled).")
-    values = sorted(named)
+    return _remapped_dataset(
+        _pair_files(root / "images", root / "semantic_masks", missing_masks), named, image_size, augment
+    )
+
+
+def _remapped_dataset(pairs, names: dict[int, str], image_size: int, augment: bool) -> SemanticSegmentationDataset:
+    """The dataset whose mask values `names` (value -> class name; 0 = ignored) become contiguous class ids 0..K-1 in
+    the order of the values."""
+    values = sorted(names)
     return SemanticSegmentationDataset(
-        _pair_files(root / "images", root / "semantic_masks", missing_masks),
-        id2label={class_id: named[value] for class_id, value in enumerate(values)},
+        pairs,
+        id2label={class_id: names[value] for class_id, value in enumerate(values)},
         label_mapping={value: class_id for class_id, value in enumerate(values)},
         ignore_values=(0,),
         image_size=image_size,
