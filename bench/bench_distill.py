@@ -39,7 +39,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import torch
-from _report import DOC_PATH, machine_description, write_section  # noqa: E402
+from _report import DOC_PATH, machine_description, write_section
 
 BLOCK_TYPES = ("conv", "attention", "ssd", "ss2d")
 VARIANTS = {

@@ -17,14 +17,15 @@ import math
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from evonets.selective_scan import available_backends, selective_scan  # noqa: E402
-from _report import DOC_PATH, machine_description, write_section  # noqa: E402
+from _report import DOC_PATH, machine_description, write_section
+
+from evonets.selective_scan import available_backends, selective_scan
 
 GOALS = {"fwd": 7.0, "fwd_bwd": 20.0}  # required speed-ups of "cpu_fused" over "reference"
 

@@ -33,8 +33,8 @@ import random
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -43,9 +43,10 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 
-from evonets.search_space import EvoNetSupernetConfig  # noqa: E402
-from evonets.supernet import EvoNetSupernet  # noqa: E402
-from _report import DOC_PATH, machine_description, summarize, time_interleaved, write_section  # noqa: E402
+from _report import DOC_PATH, machine_description, summarize, time_interleaved, write_section
+
+from evonets.search_space import EvoNetSupernetConfig
+from evonets.supernet import EvoNetSupernet
 
 THREADS = (1, 2)
 RESOLUTION = 32
@@ -259,7 +260,7 @@ def render(
 
 def main(argv: list[str] | None = None) -> str:
     args = parse_args(argv)
-    log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
+    log = lambda message: print(message, file=sys.stderr, flush=True)
     torch.manual_seed(0)
     supernet = EvoNetSupernet(EvoNetSupernetConfig.tiny(num_labels=10)).eval()
     rows = measure(supernet, args, log)

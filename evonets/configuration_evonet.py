@@ -245,4 +245,4 @@ def _require(condition: bool, field: str, value: Any, allowed: str) -> None:
         raise ValueError(f"EvoNetConfig.{field} = {value!r} is invalid: expected {allowed}.")
 
 
-__all__ = ["EvoNetConfig", "EvoNetNetworkConfig", "BLOCK_TYPES", "PER_BLOCK_FIELDS"]
+__all__ = ["BLOCK_TYPES", "PER_BLOCK_FIELDS", "EvoNetConfig", "EvoNetNetworkConfig"]

@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     import datasets
 
 
-def load_digits_dataset(seed: int = 0, validation_size: float = 0.1, test_size: float = 0.2) -> "datasets.DatasetDict":
+def load_digits_dataset(seed: int = 0, validation_size: float = 0.1, test_size: float = 0.2) -> datasets.DatasetDict:
     """scikit-learn's bundled real handwritten digits (1,797 8x8 greyscale images, 10 classes).
 
     Returns a `DatasetDict` with fixed, stratified `train` / `validation` / `test` splits (same `seed`, same

@@ -33,7 +33,7 @@ class EvoNetAttention(nn.Module):
         self.proj = nn.Linear(hidden_size, hidden_size)
 
     @classmethod
-    def from_config(cls, config, args: dict) -> "EvoNetAttention":
+    def from_config(cls, config, args: dict) -> EvoNetAttention:
         """Build from an `EvoNetConfig` and one block's resolved sizes (`config.block_args(stage, index)`)."""
         return cls(args["hidden_size"], num_heads=args["num_heads"])
 

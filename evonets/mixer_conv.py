@@ -24,7 +24,7 @@ class EvoNetConvMixer(nn.Module):
         self.dwconv = nn.Conv2d(hidden_size, hidden_size, kernel_size, padding=kernel_size // 2, groups=hidden_size)
 
     @classmethod
-    def from_config(cls, config, args: dict) -> "EvoNetConvMixer":
+    def from_config(cls, config, args: dict) -> EvoNetConvMixer:
         """Build from an `EvoNetConfig` and one block's resolved sizes (`config.block_args(stage, index)`)."""
         return cls(args["hidden_size"], kernel_size=config.conv_kernel_size)
 

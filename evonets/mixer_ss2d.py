@@ -99,7 +99,7 @@ class EvoNetSS2D(nn.Module):
         self.out_proj = nn.Linear(d_inner, hidden_size, bias=False)
 
     @classmethod
-    def from_config(cls, config, args: dict) -> "EvoNetSS2D":
+    def from_config(cls, config, args: dict) -> EvoNetSS2D:
         """Build from an `EvoNetConfig` and one block's resolved sizes (`config.block_args(stage, index)`)."""
         return cls(
             args["hidden_size"],
@@ -151,4 +151,4 @@ class EvoNetSS2D(nn.Module):
         return 2 * NUM_SCAN_ORDERS * self.d_inner * height * width * self.d_state
 
 
-__all__ = ["EvoNetSS2D", "EvoNetSelectiveScan", "scan_orders", "merge_orders", "NUM_SCAN_ORDERS"]
+__all__ = ["NUM_SCAN_ORDERS", "EvoNetSS2D", "EvoNetSelectiveScan", "merge_orders", "scan_orders"]

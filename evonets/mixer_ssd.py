@@ -61,7 +61,7 @@ class EvoNetSSD(nn.Module):
         self.out_proj = nn.Linear(d_inner, hidden_size, bias=False)
 
     @classmethod
-    def from_config(cls, config, args: dict) -> "EvoNetSSD":
+    def from_config(cls, config, args: dict) -> EvoNetSSD:
         """Build from an `EvoNetConfig` and one block's resolved sizes (`config.block_args(stage, index)`)."""
         return cls(
             args["hidden_size"],

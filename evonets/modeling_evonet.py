@@ -331,11 +331,11 @@ class EvoNetBackbone(BackboneMixin, EvoNetPreTrainedModel):
 
 
 __all__ = [
+    "MIXERS",
     "EvoNetBackbone",
     "EvoNetBlock",
     "EvoNetForImageClassification",
     "EvoNetModel",
     "EvoNetPreTrainedModel",
-    "MIXERS",
     "build_mixer",
 ]

@@ -112,7 +112,7 @@ class EvoNetSupernetConfig(EvoNetNetworkConfig):
         self.validate_architecture()
 
     @classmethod
-    def tiny(cls, **kwargs) -> "EvoNetSupernetConfig":
+    def tiny(cls, **kwargs) -> EvoNetSupernetConfig:
         """Three stages of 16-64 channels at 24 or 32 px, all four block types everywhere: tests and the CPU
         quickstart (digits upsampled to 32 x 32). Keyword arguments override any field."""
         space = dict(
@@ -133,7 +133,7 @@ class EvoNetSupernetConfig(EvoNetNetworkConfig):
         return len(self.depth_choices)
 
     @property
-    def search_space(self) -> "SearchSpace":
+    def search_space(self) -> SearchSpace:
         return SearchSpace(self)
 
     # Normalisation and validation --------------------------------------------------------------------------

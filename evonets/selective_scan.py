@@ -65,8 +65,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -400,4 +400,4 @@ def selective_scan(
     return _SCANS[resolved](*inputs, delta_softplus).to(u.dtype)
 
 
-__all__ = ["selective_scan", "available_backends", "BACKENDS", "BACKEND_ENV_VAR", "TORCH_CHUNK_SIZE"]
+__all__ = ["BACKENDS", "BACKEND_ENV_VAR", "TORCH_CHUNK_SIZE", "available_backends", "selective_scan"]

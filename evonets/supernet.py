@@ -95,7 +95,7 @@ class _SliceRule:
     """How one template parameter comes out of one supernet parameter: per dimension, `None` (all of it) or the
     (start, length) segments to keep, concatenated in order."""
 
-    __slots__ = ("name", "owner", "source_name", "dims")
+    __slots__ = ("dims", "name", "owner", "source_name")
 
     def __init__(self, name: str, owner: nn.Module, source_name: str, dims: list):
         self.name, self.owner, self.source_name, self.dims = name, owner, source_name, dims
@@ -119,7 +119,7 @@ class _SliceRule:
 class _Template:
     """The meta-device model of one architecture and the rules that fill it from the supernet."""
 
-    __slots__ = ("model", "rules", "slots", "meta")
+    __slots__ = ("meta", "model", "rules", "slots")
 
     def __init__(self, model: EvoNetPreTrainedModel, rules: list[_SliceRule]):
         self.model, self.rules = model, rules
