@@ -18,16 +18,21 @@ import hashlib
 import json
 import math
 import random
+import statistics
 import warnings
 from collections.abc import Callable
 from concurrent.futures import Future, as_completed
 from dataclasses import asdict, dataclass, replace
+from itertools import combinations
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from .data import DistillData, EpochShuffleSampler, collate, resize_batch
+
+# The orders in which architectures can be ranked (see `ranking_scores`).
+RANKINGS = ("fitness", "accuracy", "loss")
 
 
 @dataclass
@@ -201,17 +206,30 @@ def _cache_key(space, arch: dict, recipe: StandaloneRecipe) -> str:
     return f"{recipe.key()}:{space.encode(arch)}"
 
 
-def seed_ceiling(standalone: list[dict], metric: str = "accuracy") -> float | None:
-    """Kendall's tau between the stand-alone rankings of the first two seeds: how well stand-alone training agrees
-    with itself, the ceiling for any supernet. None with fewer than two seeds."""
-    from scipy.stats import kendalltau
+def ranking_scores(results: list[dict], ranking: str) -> list[float]:
+    """One score per architecture, higher is better, whose order is `ranking` of the `{"accuracy", "loss"}` results:
+    `accuracy`; `loss` (negated); `fitness`, the search's order: accuracy, ties broken by the lower loss (as the rank
+    of the (accuracy, -loss) pair; equal pairs share a rank)."""
+    if ranking == "accuracy":
+        return [r["accuracy"] for r in results]
+    if ranking == "loss":
+        return [-r["loss"] for r in results]
+    if ranking == "fitness":
+        keys = [(r["accuracy"], -r["loss"]) for r in results]
+        rank_of = {key: float(rank) for rank, key in enumerate(sorted(set(keys)))}
+        return [rank_of[key] for key in keys]
+    raise ValueError(f"ranking = {ranking!r} is invalid: expected one of {list(RANKINGS)}.")
 
-    if len(standalone[0]["per_seed"]) < 2:
+
+def seed_ceiling(standalone: list[dict], ranking: str) -> float | None:
+    """Mean Kendall tau between the rankings of single stand-alone seeds, over all pairs of seeds: how well the
+    stand-alone reference agrees with itself. None with one seed."""
+    seeds = len(standalone[0]["per_seed"])
+    if seeds < 2:
         return None
-    first = [entry["per_seed"][0][metric] for entry in standalone]
-    second = [entry["per_seed"][1][metric] for entry in standalone]
-    tau = kendalltau(first, second).statistic
-    return 0.0 if math.isnan(tau) else float(tau)
+    per_seed = [ranking_scores([entry["per_seed"][seed] for entry in standalone], ranking) for seed in range(seeds)]
+    taus = [rank_correlations(per_seed[a], per_seed[b])["kendall_tau"] for a, b in combinations(range(seeds), 2)]
+    return statistics.mean(taus)
 
 
 def rank_correlations(supernet_scores: list[float], standalone_scores: list[float], top_k: int = 5) -> dict[str, float]:
@@ -235,9 +253,11 @@ def rank_correlations(supernet_scores: list[float], standalone_scores: list[floa
 
 
 __all__ = [
+    "RANKINGS",
     "StandaloneRecipe",
     "evaluate",
     "rank_correlations",
+    "ranking_scores",
     "sample_architectures",
     "seed_ceiling",
     "standalone_scores",

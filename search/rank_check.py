@@ -47,16 +47,18 @@ import resource
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
-from itertools import combinations
 
 import torch
 
 from distill.config import DataConfig
 from distill.data import DistillData, load_data
 from distill.ranking import (
+    RANKINGS,
     StandaloneRecipe,
     rank_correlations,
+    ranking_scores,
     sample_architectures,
+    seed_ceiling,
     standalone_scores,
     train_standalone,
 )
@@ -64,7 +66,6 @@ from distill.ranking import (
 logger = logging.getLogger(__name__)
 
 SECTION = "rank_check"
-RANKINGS = ("fitness", "accuracy", "loss")
 # DataConfig fields that decide which images are in the train and validation splits.
 SPLIT_FIELDS = (
     "source",
@@ -156,32 +157,6 @@ class RankCheckConfig:
 
 
 # Scores and rankings ------------------------------------------------------------------------------------------
-
-
-def ranking_scores(results: list[dict], ranking: str) -> list[float]:
-    """One score per architecture, higher is better, whose order is `ranking` of the `{"accuracy", "loss"}` results:
-    `accuracy`; `loss` (negated); `fitness`, the search's order: accuracy, ties broken by the lower loss (as the rank
-    of the (accuracy, -loss) pair; equal pairs share a rank)."""
-    if ranking == "accuracy":
-        return [r["accuracy"] for r in results]
-    if ranking == "loss":
-        return [-r["loss"] for r in results]
-    if ranking == "fitness":
-        keys = [(r["accuracy"], -r["loss"]) for r in results]
-        rank_of = {key: float(rank) for rank, key in enumerate(sorted(set(keys)))}
-        return [rank_of[key] for key in keys]
-    raise ValueError(f"ranking = {ranking!r} is invalid: expected one of {list(RANKINGS)}.")
-
-
-def seed_ceiling(standalone: list[dict], ranking: str) -> float | None:
-    """Mean Kendall tau between the rankings of single stand-alone seeds, over all pairs of seeds: how well the
-    stand-alone reference agrees with itself. None with one seed."""
-    seeds = len(standalone[0]["per_seed"])
-    if seeds < 2:
-        return None
-    per_seed = [ranking_scores([entry["per_seed"][seed] for entry in standalone], ranking) for seed in range(seeds)]
-    taus = [rank_correlations(per_seed[a], per_seed[b])["kendall_tau"] for a, b in combinations(range(seeds), 2)]
-    return statistics.mean(taus)
 
 
 # Loading ------------------------------------------------------------------------------------------------------
@@ -530,7 +505,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 __all__ = [
-    "RANKINGS",
     "RankCheckConfig",
     "build_report",
     "cache_path",
@@ -538,11 +512,9 @@ __all__ = [
     "main",
     "parse_config",
     "plot_scatter",
-    "ranking_scores",
     "render_markdown",
     "resolve_data_config",
     "run",
-    "seed_ceiling",
     "write_report",
 ]
 

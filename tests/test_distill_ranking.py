@@ -34,13 +34,14 @@ def test_rank_correlations_known_values():
     assert rank_correlations([1, 1, 1], [1, 2, 3])["kendall_tau"] == 0.0  # constant scores: no ranking (nan -> 0)
 
 
-def test_seed_ceiling_compares_the_first_two_seeds():
+def test_seed_ceiling_of_two_seeds_is_their_tau():
     entries = [
         {"per_seed": [{"accuracy": a, "loss": -a}, {"accuracy": b, "loss": -b}]}
         for a, b in [(0.1, 0.2), (0.2, 0.1), (0.3, 0.4), (0.4, 0.3)]
     ]
     assert seed_ceiling(entries, "accuracy") == pytest.approx(1 / 3)
-    assert seed_ceiling([{"per_seed": [{"accuracy": 1.0}]}]) is None
+    assert seed_ceiling(entries, "loss") == pytest.approx(1 / 3)  # loss = -accuracy here: the same order
+    assert seed_ceiling([{"per_seed": [{"accuracy": 1.0}]}], "accuracy") is None
 
 
 def test_evaluate_reports_accuracy_and_loss():

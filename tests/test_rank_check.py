@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from distill.config import DataConfig
-from search.rank_check import RankCheckConfig, main, ranking_scores, resolve_data_config, seed_ceiling
+from distill.ranking import ranking_scores, seed_ceiling
+from search.rank_check import RankCheckConfig, main, resolve_data_config
 
 FAST = ["--standalone.steps", "3", "--standalone.warmup_steps", "1", "--standalone_seeds", "2", "--top_k", "2"]
 
