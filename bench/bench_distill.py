@@ -17,7 +17,8 @@ space, a ConvNeXtV2 teacher trained from scratch, one thread):
    (`distill/ranking.py`, `docs/distill.md`): 30 architectures sampled with seed 1234; supernet score = validation
    accuracy and cross-entropy with inherited weights; stand-alone score = the same after 40 steps of training from
    scratch (fixed recipe), mean of 3 seeds, cached in `<work>/standalone.json`; Kendall's tau-b, Spearman's rho,
-   top-5 overlap; and the ceiling: how well two seeds of stand-alone training rank each other. Validation split only.
+   top-5 overlap; and the ceiling: how well single stand-alone seeds rank each other (mean tau over pairs of seeds).
+   Validation split only.
 3. Prints the markdown and writes it to `docs/benchmarks.md` between `<!-- bench_distill:start -->` and
    `<!-- bench_distill:end -->` under `## Distillation`, leaving the rest of the file alone.
 
