@@ -330,6 +330,30 @@ def build_report(config, space, archs, data, data_config, supernet_results, stan
             size: rank_correlations([entry[size] for entry in sizes], reference, config.top_k)
             for size in ("params", "macs")
         }
+    by_resolution = {}
+    for resolution in sorted({arch["resolution"] for arch in archs}):
+        group = [i for i, arch in enumerate(archs) if arch["resolution"] == resolution]
+        if len(group) >= 3:  # fewer: no ranking worth the name
+            by_resolution[resolution] = {
+                "n": len(group),
+                **{
+                    ranking: rank_correlations(
+                        ranking_scores([supernet_results[i] for i in group], ranking),
+                        ranking_scores([standalone[i] for i in group], ranking),
+                        config.top_k,
+                    )["kendall_tau"]
+                    for ranking in RANKINGS
+                },
+            }
+    # How far the supernet's accuracy sits from stand-alone training for architectures using each block type: a
+    # type the shared weights serve badly shows as a larger gap than the others.
+    types_used = [{block["type"] for stage in arch["stages"] for block in stage["blocks"]} for arch in archs]
+    gap_by_block_type = {}
+    for block_type in sorted(set().union(*types_used)):
+        group = [i for i, types in enumerate(types_used) if block_type in types]
+        if group:
+            gaps = [supernet_results[i]["accuracy"] - standalone[i]["accuracy"] for i in group]
+            gap_by_block_type[block_type] = {"n": len(group), "mean_accuracy_gap": statistics.mean(gaps)}
     return {
         "supernet": str(config.supernet),
         "n": config.n,
@@ -341,6 +365,8 @@ def build_report(config, space, archs, data, data_config, supernet_results, stan
         "standalone_seeds": list(config.seeds),
         "correlations": correlations,
         "size_baselines": baselines,
+        "kendall_tau_by_resolution": by_resolution,
+        "accuracy_gap_by_block_type": gap_by_block_type,
         "architectures": [
             {
                 "encoding": space.encode(arch),
@@ -405,6 +431,27 @@ def render_markdown(report: dict) -> str:
     ]
     for ranking, values in report["size_baselines"].items():
         lines.append(f"| {ranking} | {values['params']['kendall_tau']:.2f} | {values['macs']['kendall_tau']:.2f} |")
+    if report.get("kendall_tau_by_resolution"):
+        lines += [
+            "",
+            "Kendall tau within one input resolution (groups of at least 3 architectures):",
+            "",
+            "| resolution | architectures | " + " | ".join(RANKINGS) + " |",
+            "| ---: | ---: | " + " | ".join("---:" for _ in RANKINGS) + " |",
+        ]
+        for resolution, values in report["kendall_tau_by_resolution"].items():
+            taus = " | ".join(f"{values[ranking]:.2f}" for ranking in RANKINGS)
+            lines.append(f"| {resolution} | {values['n']} | {taus} |")
+    if report.get("accuracy_gap_by_block_type"):
+        lines += [
+            "",
+            "Supernet minus stand-alone validation accuracy, mean over the architectures that use each block type:",
+            "",
+            "| block type | architectures | mean accuracy gap |",
+            "| --- | ---: | ---: |",
+        ]
+        for block_type, values in report["accuracy_gap_by_block_type"].items():
+            lines.append(f"| {block_type} | {values['n']} | {values['mean_accuracy_gap']:+.3f} |")
     if "seconds" in report:
         seconds = report["seconds"]
         lines += [

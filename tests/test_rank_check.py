@@ -68,6 +68,15 @@ def test_cli_writes_json_markdown_and_scatter(cli_run):
         assert len(entry["standalone"]["per_seed"]) == 2 and entry["params"] > 0 and entry["macs"] > 0
         assert 0.0 <= entry["supernet"]["accuracy"] <= 1.0 and entry["supernet"]["loss"] > 0
     assert list(output_dir.glob("standalone_*.json")), "stand-alone results are cached"
+    # the per-block-type gap: the mean of (supernet - stand-alone) accuracy over the architectures using that type
+    for block_type, values in written["accuracy_gap_by_block_type"].items():
+        # every block of an encoding reads "<type>.m<mlp ratio>...": "ssd." and "ss2d." do not overlap
+        using = [entry for entry in written["architectures"] if f"{block_type}." in entry["encoding"]]
+        gaps = [entry["supernet"]["accuracy"] - entry["standalone"]["accuracy"] for entry in using]
+        assert values["n"] == len(gaps) and values["mean_accuracy_gap"] == pytest.approx(sum(gaps) / len(gaps))
+    for resolution, values in written["kendall_tau_by_resolution"].items():
+        assert values["n"] == sum(entry["resolution"] == int(resolution) for entry in written["architectures"]) >= 3
+    assert "block type" in markdown
 
 
 def test_supernet_scores_come_from_the_validation_split(cli_run):
