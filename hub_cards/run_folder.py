@@ -125,18 +125,11 @@ class RunFolder:
         """Every result of `archive.jsonl`, in order, with the latency measurements the run made of front members
         applied (objectives and feasibility), as the run's own `pareto.png` plots them."""
         from search.config import Constraint
-        from search.runner import apply_latency
+        from search.runner import apply_measurements, read_archive
 
         constraints = [Constraint.parse(text) for text in self.info.get("constraints", [])]
-        results, measured = [], {}
-        for record in JsonlArchive(self.path / "archive.jsonl").records():
-            if record["kind"] == "result":
-                results.append(record)
-            elif record["kind"] == "latency":
-                measured[record["hash"]] = record["measurement"]
-        for record in results:
-            if record["hash"] in measured and record["latency"]["source"] != "measured":
-                apply_latency(record, measured[record["hash"]], constraints)
+        results, _, measured = read_archive(JsonlArchive(self.path / "archive.jsonl"))
+        apply_measurements(results, measured, constraints)
         return results
 
 

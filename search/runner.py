@@ -244,29 +244,17 @@ def _coordinate(config: SearchConfig, supernet_dir: Path, spec: FitnessSpec, mak
         num_workers=config.pool.workers * (torch.distributed.get_world_size() if distributed else 1),
         num_objectives=len(objectives),
     )
-    records: list[dict] = []
-    asked: dict[int, dict] = {}  # ask index -> ask record, until its result is archived
-    for record in archive.records():
-        if record["kind"] == "ask":
-            asked[record["index"]] = record
-        elif record["kind"] == "result":
-            asked.pop(record["index"], None)
-            known.setdefault(record["hash"], record["metrics"])
-            records.append(record)
-            if record["latency"]["source"] == "measured":  # measure mode: the timing is in the result itself
-                oracle.measured.setdefault(
-                    record["hash"], {"median_ms": record["latency"]["ms"], "iqr_ms": record["latency"]["iqr_ms"]}
-                )
-            evolution.remember(
-                space.decode(record["encoding"]),
-                _normalised(record["objectives"], objectives, reference),
-                record["violations"],
-            )
-        elif record["kind"] == "latency":
-            oracle.measured[record["hash"]] = record["measurement"]
+    records, asked, measured = read_archive(archive)
+    oracle.measured.update(measured)
     for record in records:
-        if record["hash"] in oracle.measured and record["latency"]["source"] != "measured":
-            apply_latency(record, oracle.measured[record["hash"]], constraints)
+        known.setdefault(record["hash"], record["metrics"])
+        # told as they were told before the kill: the objectives at the time, before later measurements
+        evolution.remember(
+            space.decode(record["encoding"]),
+            _normalised(record["objectives"], objectives, reference),
+            record["violations"],
+        )
+    apply_measurements(records, oracle.measured, constraints)
     num_asked = max([r["index"] + 1 for r in records] + [i + 1 for i in asked] + [0])
     if num_asked:
         evolution.load_state(output_dir / STATE)
@@ -417,6 +405,35 @@ def _measured_front(records: list[dict], objectives: list[str], constraints, ora
                     apply_latency(record, measurement, constraints)
 
 
+def read_archive(archive: JsonlArchive) -> tuple[list[dict], dict[int, dict], dict[str, dict]]:
+    """What `archive` holds: the results in order; the asks whose result never came (index -> ask record: in flight
+    at a kill); and the latency measurements by architecture hash (front members measured after prediction, and the
+    timings that `latency.mode: measure` put in the results themselves)."""
+    results: list[dict] = []
+    asked: dict[int, dict] = {}
+    measured: dict[str, dict] = {}
+    for record in archive.records():
+        if record["kind"] == "ask":
+            asked[record["index"]] = record
+        elif record["kind"] == "result":
+            asked.pop(record["index"], None)
+            results.append(record)
+            if record["latency"]["source"] == "measured":
+                measured.setdefault(
+                    record["hash"], {"median_ms": record["latency"]["ms"], "iqr_ms": record["latency"]["iqr_ms"]}
+                )
+        elif record["kind"] == "latency":
+            measured[record["hash"]] = record["measurement"]
+    return results, asked, measured
+
+
+def apply_measurements(results: list[dict], measured: dict[str, dict], constraints) -> None:
+    """`apply_latency` to every result whose latency was predicted and whose architecture was measured since."""
+    for record in results:
+        if record["hash"] in measured and record["latency"]["source"] != "measured":
+            apply_latency(record, measured[record["hash"]], constraints)
+
+
 def apply_latency(record: dict, measurement: dict, constraints) -> None:
     """Replace a result record's predicted latency by `measurement` (a `measure_latency` dict), recomputing its
     objectives and, for a successful evaluation, its constraint violations and feasibility."""
@@ -475,4 +492,13 @@ def _check_same_run(path: Path, info: dict) -> None:
     path.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
 
 
-__all__ = ["SearchResult", "apply_latency", "objectives_of", "reference_point", "resolve_supernet", "run"]
+__all__ = [
+    "SearchResult",
+    "apply_latency",
+    "apply_measurements",
+    "objectives_of",
+    "read_archive",
+    "reference_point",
+    "resolve_supernet",
+    "run",
+]
