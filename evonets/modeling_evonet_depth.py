@@ -54,7 +54,6 @@ class EvoNetDepthConfig(EvoNetHeadConfig):
     min_depth: float = 0.1
     max_depth: float = 10.0
     silog_lambda: float = 0.5
-    initializer_range: float = 0.02
 
     def validate_architecture(self):
         """Raise `ValueError` naming the field, the bad value and what is allowed (`TypeError` for a wrong type)."""

@@ -61,7 +61,6 @@ class EvoNetSegmentationConfig(EvoNetHeadConfig):
     decoder_hidden_size: int = 128
     classifier_dropout_prob: float = 0.1
     semantic_loss_ignore_index: int = 255
-    initializer_range: float = 0.02
 
     def validate_architecture(self):
         """Raise `ValueError` naming the field, the bad value and what is allowed."""

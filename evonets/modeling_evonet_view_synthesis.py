@@ -86,7 +86,6 @@ class EvoNetViewSynthesisConfig(EvoNetHeadConfig):
     source_image_mean: list[float] | tuple[float, ...] = (0.5, 0.5, 0.5)
     source_image_std: list[float] | tuple[float, ...] = (0.5, 0.5, 0.5)
     ray_chunk_size: int = 2048
-    initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
         self.source_image_mean = list(self.source_image_mean)

@@ -114,11 +114,14 @@ class EvoNetHeadConfig(PreTrainedConfig):
         backbone_config (`EvoNetConfig | dict`, *optional*): the backbone; the head uses the feature maps of its
             `out_features`. Defaults to `EvoNetConfig()` returning every stage. To start from a trained backbone (a
             search run's `models/<hash>/` folder), use the model's `from_backbone`.
+        initializer_range (`float`, defaults to 0.02): std of the initial weights of the head (the backbone has its
+            own init).
     """
 
     sub_configs_defaults: ClassVar[dict] = {"backbone_config": EvoNetConfig}
 
     backbone_config: dict | PreTrainedConfig | None = None
+    initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
         # Resolved here rather than by transformers' AutoConfig lookup, so that the remote-code copy of this file
