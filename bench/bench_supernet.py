@@ -166,7 +166,7 @@ def measure_training(supernet: EvoNetSupernet, args: argparse.Namespace, log: Ca
             model.zero_grad(set_to_none=True)
             model(pixel_values, labels=labels).loss.backward()
 
-        calls = {"extracted": lambda: step(extracted), "supernet": lambda: step(supernet)}
+        calls = {"extracted": lambda model=extracted: step(model), "supernet": lambda: step(supernet)}
         samples = time_interleaved(calls, args.rounds, max(1, args.per_round // 2), args.warmup, grad=True)
         rows.append(
             {

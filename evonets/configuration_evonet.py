@@ -25,6 +25,7 @@ class EvoNetNetworkConfig(PreTrainedConfig):
     dt_rank: int | str = "auto"
     ssm_conv_kernel: int = 3
     conv_kernel_size: int = 7
+    attention_head_dim: int = 32
     hidden_act: str = "gelu"
     drop_path_rate: float = 0.0
     layer_scale_init_value: float = 0.0
@@ -60,7 +61,11 @@ class EvoNetConfig(BackboneConfigMixin, EvoNetNetworkConfig):
             attention in the last.
         mlp_ratios, d_states, ssm_ratios, num_heads: per-block sizes (see `PER_BLOCK_FIELDS`): MLP expansion,
             SSM state size, SSM expansion (`d_inner = ssm_ratio * hidden_size`), and heads of attention and SSD
-            mixers. `num_heads=None` means one head per 32 channels (attention) or per 64 inner channels (SSD).
+            mixers. `num_heads=None` means one head per `attention_head_dim` channels (attention) or per 64 inner
+            channels (SSD).
+        attention_head_dim (`int`, defaults to 32): channels per attention head. Fixed for a whole network, so an
+            attention block's q / k / v width is `num_heads * attention_head_dim` whatever its `hidden_size`: in a
+            supernet, head h is then the same weights in every subnet (see `EvoNetAttention`).
         dt_rank (`int | "auto"`): rank of the SS2D time-step projection; `"auto"` is `ceil(hidden_size / 16)`.
         ssm_conv_kernel (`int`): depthwise conv kernel applied before the SS2D / SSD scan.
         conv_kernel_size (`int`): depthwise kernel of the `"conv"` mixer.
@@ -129,7 +134,14 @@ class EvoNetConfig(BackboneConfigMixin, EvoNetNetworkConfig):
         )
         for value in self.hidden_sizes:
             _require(isinstance(value, int) and value >= 1, "hidden_sizes", self.hidden_sizes, "positive ints")
-        for name in ("num_channels", "image_size", "patch_size", "ssm_conv_kernel", "conv_kernel_size"):
+        for name in (
+            "num_channels",
+            "image_size",
+            "patch_size",
+            "ssm_conv_kernel",
+            "conv_kernel_size",
+            "attention_head_dim",
+        ):
             value = getattr(self, name)
             _require(isinstance(value, int) and value >= 1, name, value, "a positive int")
         for name in ("ssm_conv_kernel", "conv_kernel_size"):
@@ -168,13 +180,6 @@ class EvoNetConfig(BackboneConfigMixin, EvoNetNetworkConfig):
         _require(args["ssm_ratio"] > 0, f"ssm_ratios{where}", args["ssm_ratio"], "a positive number")
         heads = args["num_heads"]
         _require(isinstance(heads, int) and heads >= 1, f"num_heads{where}", heads, "a positive int or None")
-        if args["block_type"] == "attention":
-            _require(
-                args["hidden_size"] % heads == 0,
-                f"num_heads{where}",
-                heads,
-                f"a divisor of hidden_sizes[{stage}] = {args['hidden_size']} (attention block)",
-            )
         if args["block_type"] == "ssd":
             _require(
                 args["d_inner"] % heads == 0,
@@ -213,10 +218,12 @@ class EvoNetConfig(BackboneConfigMixin, EvoNetNetworkConfig):
         hidden_size = self.hidden_sizes[stage]
         block_type = self._per_block("block_types")[stage][index]
         ssm_ratio = self._per_block("ssm_ratios")[stage][index]
-        d_inner = int(round(ssm_ratio * hidden_size))
+        d_inner = round(ssm_ratio * hidden_size)
         num_heads = self._per_block("num_heads")[stage][index]
         if num_heads is None:
-            num_heads = _default_heads(d_inner, 64) if block_type == "ssd" else _default_heads(hidden_size, 32)
+            num_heads = (
+                _default_heads(d_inner, 64) if block_type == "ssd" else max(1, hidden_size // self.attention_head_dim)
+            )
         return {
             "block_type": block_type,
             "hidden_size": hidden_size,
@@ -225,6 +232,7 @@ class EvoNetConfig(BackboneConfigMixin, EvoNetNetworkConfig):
             "ssm_ratio": ssm_ratio,
             "d_inner": d_inner,
             "num_heads": num_heads,
+            "attention_dim": num_heads * self.attention_head_dim,
             "dt_rank": math.ceil(hidden_size / 16) if self.dt_rank == "auto" else self.dt_rank,
         }
 

@@ -103,7 +103,7 @@ class EvoNetBlock(GradientCheckpointingLayer):
         self.norm1 = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
         self.mixer = build_mixer(config, args)
         self.norm2 = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
-        self.mlp = EvoNetMlp(hidden_size, int(round(hidden_size * args["mlp_ratio"])), config.hidden_act)
+        self.mlp = EvoNetMlp(hidden_size, round(hidden_size * args["mlp_ratio"]), config.hidden_act)
         scale = config.layer_scale_init_value
         self.layer_scale1 = EvoNetLayerScale(hidden_size, scale) if scale > 0 else nn.Identity()
         self.layer_scale2 = EvoNetLayerScale(hidden_size, scale) if scale > 0 else nn.Identity()

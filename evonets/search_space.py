@@ -83,12 +83,12 @@ class EvoNetSupernetConfig(EvoNetNetworkConfig):
         block_type_choices: allowed token mixers among `"ss2d"`, `"ssd"`, `"attention"`, `"conv"`: one list for
             every position, one list per stage, or per stage one list per position (`max(depth_choices[i])` of them).
         mlp_ratio_choices, d_state_choices, ssm_ratio_choices, num_heads_choices: per stage, the allowed per-block
-            MLP expansion, SSM state size, SSM expansion and heads (attention and SSD blocks). Every heads choice must
-            divide every width choice of a stage that allows attention, and every SSD inner width
-            `round(ssm_ratio * width)` of a stage that allows SSD.
+            MLP expansion, SSM state size, SSM expansion and heads (attention and SSD blocks). Attention heads have
+            `attention_head_dim` channels each, so any count suits any width; every heads choice must divide every
+            SSD inner width `round(ssm_ratio * width)` of a stage that allows SSD.
         resolution_choices (`list[int]`): input resolutions; each divisible by `patch_size * 2 ** (stages - 1)`.
-        num_channels, patch_size, dt_rank, ssm_conv_kernel, conv_kernel_size, hidden_act, drop_path_rate,
-        layer_scale_init_value, layer_norm_eps, initializer_range: fixed, as in [`EvoNetConfig`].
+        num_channels, patch_size, dt_rank, ssm_conv_kernel, conv_kernel_size, attention_head_dim, hidden_act,
+        drop_path_rate, layer_scale_init_value, layer_norm_eps, initializer_range: fixed, as in [`EvoNetConfig`].
         num_labels / id2label / label2id: the classification head of every subnet.
 
     The defaults are an ImageNet-scale space that mixes all four block types in every stage;
@@ -124,6 +124,7 @@ class EvoNetSupernetConfig(EvoNetNetworkConfig):
             d_state_choices=[4, 8],
             ssm_ratio_choices=[1.0, 2.0],
             num_heads_choices=[[1, 2], [1, 2], [2, 4]],
+            attention_head_dim=16,  # q / k / v of 16-64 channels, as wide as the stages
         )
         space.update(kwargs)
         return cls(**space)
@@ -241,21 +242,15 @@ class EvoNetSupernetConfig(EvoNetNetworkConfig):
             )
 
     def _check_heads(self, stage: int) -> None:
+        # Attention heads have a fixed size (`attention_head_dim`), so any count suits any width; SSD heads split the
+        # inner width.
         types = {block_type for position in self.block_type_choices[stage] for block_type in position}
         name = f"num_heads_choices[{stage}]"
         for heads in self.num_heads_choices[stage]:
             for width in self.width_choices[stage]:
-                if "attention" in types:
-                    _require(
-                        width % heads == 0,
-                        name,
-                        self.num_heads_choices[stage],
-                        f"divisors of every width choice {self.width_choices[stage]} (stage {stage} allows attention; "
-                        f"{heads} does not divide {width})",
-                    )
                 if "ssd" in types:
                     for ratio in self.ssm_ratio_choices[stage]:
-                        d_inner = int(round(ratio * width))
+                        d_inner = round(ratio * width)
                         _require(
                             d_inner % heads == 0,
                             name,
@@ -459,7 +454,7 @@ class SearchSpace:
         """The canonical architecture of an `encode` string. Raises `ValueError` for malformed strings, choices
         outside the space, and non-canonical spellings (so that one network has one string)."""
         if not isinstance(encoding, str):
-            raise ValueError(f"encoding = {encoding!r} is invalid: expected a string from SearchSpace.encode.")
+            raise TypeError(f"encoding = {encoding!r} is invalid: expected a string from SearchSpace.encode.")
         parts = encoding.split("-")
         head = re.fullmatch(r"r(\d+)", parts[0])
         if head is None or len(parts) != self.num_stages + 1:

@@ -109,7 +109,7 @@ def _load_cpu_kernel() -> bool:
             extra_cflags=_CPU_KERNEL_CFLAGS,
             is_python_module=False,
         )
-    except Exception as error:  # no compiler, failed build, op namespace already taken, ...
+    except Exception as error:  # noqa: BLE001 -- no compiler, failed build, op namespace already taken, ...
         logger.warning("Could not build the fused CPU selective scan (%s); using the slower 'torch' backend.", error)
         return False
     _cpu_kernel_loaded = True
@@ -127,7 +127,7 @@ def _import_cuda_kernel() -> None:
     _cuda_import_tried = True
     try:
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
-    except Exception:  # not installed, or installed without a working CUDA build
+    except Exception:  # noqa: BLE001 -- not installed, or installed without a working CUDA build
         return
     _cuda_scan_fn = selective_scan_fn
 

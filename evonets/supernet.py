@@ -26,7 +26,8 @@ sizes named as in `EvoNetConfig.block_args`), and each part keeps its own leadin
 - SS2D: `in_proj.weight` rows [x (E) | z (E)]; `x_proj_weight` rows [Δ (R) | B (N) | C (N)] per scan order, so a
   smaller d_state keeps the trained B/C rows of the first N states; `A_log` and `D` one block of E rows per scan order.
 - SSD: `in_proj.weight` rows [z (E) | x (E) | B (N) | C (N) | Δ (heads)]; its conv channels [x (E) | B (N) | C (N)].
-- Attention: `qkv` rows [q (C) | k (C) | v (C)].
+- Attention: `qkv` rows [q (A) | k (A) | v (A)], A = num_heads * attention_head_dim: heads have a fixed size, so a
+  smaller subnet keeps the leading heads, each with the same weights at every width.
 
 Slices are views where the kept parts are contiguous (always for the largest architecture) and concatenations
 otherwise; in training they stay differentiable, so gradients land in the max-size weights. Without gradients

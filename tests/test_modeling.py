@@ -57,7 +57,7 @@ def test_design_contract_config_builds_and_runs():
         (dict(block_types=[["ss2d", "mamba"], "ssd", "ssd", "attention"]), "block_types[0][1]", "'attention'"),
         (dict(block_types=["ss2d", "ssd"]), "block_types", "one entry per stage"),
         (dict(block_types=[["ss2d"], "ssd", "ssd", "attention"]), "block_types[0]", "depths[0] = 2"),
-        (dict(num_heads=[1, 2, 2, 3]), "num_heads[3][1]", "divisor of hidden_sizes[3] = 64 (attention block)"),
+        (dict(attention_head_dim=0), "attention_head_dim", "a positive int"),
         (dict(num_heads=[1, 3, 2, 4]), "num_heads[1][0]", "divisor of d_inner = ssm_ratio * hidden_size = 64"),
         (dict(d_states=0), "d_states[0][0]", "positive int"),
         (dict(mlp_ratios=[4.0, -1.0, 4.0, 4.0]), "mlp_ratios[1][0]", "positive"),
@@ -86,10 +86,23 @@ def test_per_block_fields_accept_scalar_per_stage_and_per_block_forms():
     assert [mixed.block_args(1, i)["mlp_ratio"] for i in range(2)] == [1.0, 4.0]
 
 
-def test_default_heads_divide_the_mixer_width():
-    config = evonets.EvoNetConfig(depths=[1, 1], hidden_sizes=[224, 400], block_types=["ssd", "attention"], ssm_ratios=1.0)
+def test_default_heads_divide_the_ssd_width_and_tile_the_attention_width():
+    config = evonets.EvoNetConfig(
+        depths=[1, 1], hidden_sizes=[224, 400], block_types=["ssd", "attention"], ssm_ratios=1.0
+    )
     assert config.block_args(0, 0)["num_heads"] == 2  # 224 // 64 = 3 does not divide 224
-    assert config.block_args(1, 0)["num_heads"] == 10  # 400 // 32 = 12 does not divide 400
+    # Attention heads have a fixed size, so they need not divide the width: 400 // 32 = 12 heads of 32.
+    assert config.block_args(1, 0)["num_heads"] == 12
+    assert config.block_args(1, 0)["attention_dim"] == 384
+
+
+def test_attention_heads_keep_their_size_at_any_width():
+    config = tiny_config(num_heads=[1, 2, 2, 3], attention_head_dim=8)  # 3 heads in a 64-wide attention stage
+    model = evonets.EvoNetModel(config).eval()
+    mixer = model.encoder.stages[3].blocks[1].mixer
+    assert (mixer.num_heads, mixer.head_dim) == (3, 8)
+    assert mixer.qkv.weight.shape == (3 * 3 * 8, 64) and mixer.proj.weight.shape == (64, 3 * 8)
+    assert model(torch.randn(1, 3, 64, 64)).last_hidden_state.shape[1] == 64
 
 
 def test_config_round_trips_through_dict_and_auto_config(tmp_path):
@@ -166,7 +179,7 @@ def test_ssd_matches_its_linear_attention_formula():
 
 def test_attention_matches_torch_multihead_attention():
     torch.manual_seed(0)
-    mixer = EvoNetAttention(16, num_heads=4).eval()
+    mixer = EvoNetAttention(16, num_heads=4, head_dim=4).eval()
     reference = nn.MultiheadAttention(16, 4, batch_first=True).eval()
     with torch.no_grad():
         reference.in_proj_weight.copy_(mixer.qkv.weight)
@@ -201,7 +214,11 @@ def test_model_outputs_and_shapes():
     assert out.last_hidden_state.shape == (2, 64, 2, 3)
     assert out.pooler_output.shape == (2, 64)
     assert [tuple(h.shape[1:]) for h in out.hidden_states] == [
-        (16, 16, 24), (16, 16, 24), (32, 8, 12), (48, 4, 6), (64, 2, 3),
+        (16, 16, 24),
+        (16, 16, 24),
+        (32, 8, 12),
+        (48, 4, 6),
+        (64, 2, 3),
     ]
     as_tuple = model(torch.randn(1, 3, 32, 32), return_dict=False)
     assert isinstance(as_tuple, tuple) and as_tuple[0].shape == (1, 64, 2, 2)

@@ -25,13 +25,16 @@ def _mlp_macs(tokens: int, channels: int, ratio: int = 4) -> int:
 
 def test_conv_and_attention_evonet_matches_hand_count():
     # 32x32 image, patch 4: stage 1 is 8x8 tokens of 8 channels (conv mixer), stage 2 is 4x4 tokens of 16 (attention).
-    model = _model(32, depths=[1, 1], hidden_sizes=[8, 16], block_types=["conv", "attention"], num_heads=2)
+    model = _model(
+        32, depths=[1, 1], hidden_sizes=[8, 16], block_types=["conv", "attention"], num_heads=2, attention_head_dim=8
+    )
     stem = 3 * 8 * 4 * 4 * 8 * 8  # 4x4 stride-4 conv, 3 -> 8 channels, 8x8 outputs
     conv_block = 8 * 7 * 7 * 8 * 8 + _mlp_macs(64, 8)  # depthwise 7x7 + MLP
     downsample = 8 * 16 * 2 * 2 * 4 * 4  # 2x2 stride-2 conv, 8 -> 16
     tokens, width = 16, 16
     # qkv + Q K^T and P V over 2 heads of 8 (together tokens^2 * 2 * width) + out-projection
     attention = tokens * width * 3 * width + tokens * tokens * 2 * width + tokens * width * width
+    assert model.config.block_args(1, 0)["attention_dim"] == width  # heads of 8: q, k, v as wide as the stage
     attention_block = attention + _mlp_macs(tokens, width)
     head = 16 * 10
     expected = stem + conv_block + downsample + attention_block + head

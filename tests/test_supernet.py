@@ -116,11 +116,11 @@ def test_segments_keep_their_own_leading_entries(supernet):
         {"type": "ss2d", "mlp_ratio": 3.0, "d_state": 2, "ssm_ratio": 1.0},
         {"type": "ssd", "mlp_ratio": 3.0, "d_state": 2, "ssm_ratio": 1.0, "num_heads": 1},
     ]
-    arch["stages"][2]["blocks"][0] = {"type": "attention", "mlp_ratio": 2.0, "num_heads": 2}  # width 24 of 32
+    arch["stages"][2]["blocks"][0] = {"type": "attention", "mlp_ratio": 2.0, "num_heads": 1}  # width 24 of 32
     model = supernet.extract(arch)
     big = supernet.evonet.encoder.stages
     small = model.evonet.encoder.stages
-    C, E, N, R, Cm, Em, Nm, Rm = 32, 32, 2, 2, 48, 96, 4, 3
+    C, E, N, R, Em, Nm, Rm = 32, 32, 2, 2, 96, 4, 3
 
     ss2d, ss2d_max = small[3].blocks[0].mixer, big[3].blocks[0]["ss2d"].mixer
     assert torch.equal(
@@ -143,11 +143,16 @@ def test_segments_keep_their_own_leading_entries(supernet):
     assert torch.equal(ssd.conv.bias, torch.cat([ssd_max.conv.bias[s : s + n] for s, n in channels]))
     assert torch.equal(ssd.A_log, ssd_max.A_log[:heads]) and ssd_max.A_log.shape == (heads_max,)
 
-    C, Cm = 24, 32
+    # Attention keeps its leading heads of fixed size P in each of q, k, v, and the leading input channels.
+    C, heads, heads_max = 24, 1, 2
     attention, attention_max = small[2].blocks[0].mixer, big[2].blocks[0]["attention"].mixer
+    P = attention.head_dim
+    A, Am = heads * P, heads_max * P
     qkv = attention_max.qkv
-    assert torch.equal(attention.qkv.weight, torch.cat([qkv.weight[k * Cm : k * Cm + C, :C] for k in range(3)]))
-    assert torch.equal(attention.qkv.bias, torch.cat([qkv.bias[k * Cm : k * Cm + C] for k in range(3)]))
+    assert attention_max.num_heads == heads_max and attention_max.head_dim == P
+    assert torch.equal(attention.qkv.weight, torch.cat([qkv.weight[k * Am : k * Am + A, :C] for k in range(3)]))
+    assert torch.equal(attention.qkv.bias, torch.cat([qkv.bias[k * Am : k * Am + A] for k in range(3)]))
+    assert torch.equal(attention.proj.weight, attention_max.proj.weight[:C, :A])
     assert torch.equal(model.evonet.encoder.stages[3].downsample.conv.weight, big[3].downsample.conv.weight[:32, :24])
     assert torch.equal(model.classifier.weight, supernet.classifier.weight[:, :32])
 
