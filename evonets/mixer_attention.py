@@ -16,10 +16,10 @@ class EvoNetAttention(nn.Module):
     `out = proj(y)` back to C channels. No position embedding: the patch stem, the strided downsampling convs and
     any SS2D / conv blocks before it already encode position.
 
-    Why P is fixed rather than `C / num_heads`: in a supernet (AutoFormer-style), head h is then rows
-    `[h * P, (h + 1) * P)` of q, k and v in every subnet, whatever its width and number of heads. With `P = C /
-    num_heads` the same rows would be regrouped into different heads for every (width, heads) pair, and shared
-    weights could not serve them all (attention subnets were underrated by 5-10 accuracy points).
+    Why P is fixed rather than `C / num_heads` (as in AutoFormer): in a supernet, head h is then rows
+    `[h * P, (h + 1) * P)` of q, k and v in every subnet, whatever its width and number of heads, where `P = C /
+    num_heads` would regroup the same rows into different heads for every (width, heads) pair; and any number of
+    heads suits any width.
 
     Shapes: hidden_states (B, H, W, C) -> (B, H, W, C); inside, q/k/v are (B, heads, L, P) with L = H * W.
     """
