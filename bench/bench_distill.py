@@ -130,13 +130,13 @@ class _SingleProcess:
 
 
 def measure_throughput(args, log) -> list[dict]:
-    from distill.data import collate, load_data
+    from evonets.data.classification import collate, load_data
     from distill.losses import DistillationLoss
     from distill.sampling import SandwichSampler
     from distill.teachers import load_teacher
     from distill.train_teacher import train_teacher
     from distill.trainer import DistillModule, build_space_config, parameter_groups, stage_channels, train_micro_step
-    from evonets.supernet import EvoNetSupernet
+    from evonets.models.supernet import EvoNetSupernet
 
     config = base_config(args)
     torch.set_num_threads(config.trainer.num_threads or torch.get_num_threads())
@@ -218,7 +218,7 @@ def measure_throughput(args, log) -> list[dict]:
 
 
 def run_ablation(args, log) -> dict:
-    from distill.data import load_data
+    from evonets.data.classification import load_data
     from distill.ranking import (
         StandaloneRecipe,
         rank_correlations,
@@ -228,7 +228,7 @@ def run_ablation(args, log) -> dict:
         supernet_scores,
     )
     from distill.trainer import train
-    from evonets.supernet import EvoNetSupernet
+    from evonets.models.supernet import EvoNetSupernet
 
     results = {"variants": {}}
     supernet_dirs = {}

@@ -52,11 +52,11 @@ if str(REPO) not in sys.path:
 from _report import DOC_PATH, machine_description, write_section
 
 from distill.config import DataConfig
-from distill.data import load_data
+from evonets.data.classification import load_data
 from distill.ranking import evaluate as evaluate_model
 from distill.ranking import sample_architectures, validation_tensors
-from evonets.search_space import EvoNetSupernetConfig
-from evonets.supernet import EvoNetSupernet
+from evonets.models.search_space import EvoNetSupernetConfig
+from evonets.models.supernet import EvoNetSupernet
 from search.pool import EvaluationPool
 
 IMAGE_SIZE = 16

@@ -60,8 +60,8 @@ from transformers import (
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _report
 
-from evonets.mixer_ss2d import EvoNetSelectiveScan
-from evonets.modeling_evonet import EvoNetBlock
+from evonets.models.mixer_ss2d import EvoNetSelectiveScan
+from evonets.models.modeling_evonet import EvoNetBlock
 from evonets.profiling import count_macs, count_parameters
 
 THREADS = 2
@@ -156,7 +156,7 @@ def build_evonets() -> dict[str, nn.Module]:
 
 def resolved_scan_backend() -> str:
     """What the SS2D scans' `backend="auto"` runs here (building the fused CPU kernel if needed)."""
-    scan_module = importlib.import_module("evonets.selective_scan")  # `evonets.selective_scan` is the function
+    scan_module = importlib.import_module("evonets.models.selective_scan")  # `evonets.models.selective_scan` is the function
     override = os.environ.get(scan_module.BACKEND_ENV_VAR, "")
     if override and override != "auto":
         return f"{override} (from {scan_module.BACKEND_ENV_VAR})"

@@ -46,10 +46,10 @@ from _report import DOC_PATH, machine_description, write_section
 
 from distill.config import SupernetSettings
 from distill.trainer import build_space_config
-from evonets.modeling_evonet import EvoNetForImageClassification
+from evonets.models.modeling_evonet import EvoNetForImageClassification
 from evonets.profiling import count_macs
-from evonets.search_space import EvoNetSupernetConfig
-from evonets.supernet import EvoNetSupernet
+from evonets.models.search_space import EvoNetSupernetConfig
+from evonets.models.supernet import EvoNetSupernet
 from search.latency import CALIBRATION_NETWORKS, Calibration, LatencySettings, LatencyTable, lut_error
 
 SECTION_NAME, SECTION_TITLE = "latency-lut", "Latency look-up table"

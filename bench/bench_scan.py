@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _report import DOC_PATH, machine_description, write_section
 
-from evonets.selective_scan import available_backends, selective_scan
+from evonets.models.selective_scan import available_backends, selective_scan
 
 GOALS = {"fwd": 7.0, "fwd_bwd": 20.0}  # required speed-ups of "cpu_fused" over "reference"
 

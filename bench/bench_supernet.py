@@ -45,8 +45,8 @@ if str(REPO) not in sys.path:
 
 from _report import DOC_PATH, machine_description, summarize, time_interleaved, write_section
 
-from evonets.search_space import EvoNetSupernetConfig
-from evonets.supernet import EvoNetSupernet
+from evonets.models.search_space import EvoNetSupernetConfig
+from evonets.models.supernet import EvoNetSupernet
 
 THREADS = (1, 2)
 RESOLUTION = 32

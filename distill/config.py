@@ -13,62 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from evonets.data.config import DataConfig
+
 BLOCK_TYPE_POLICIES = ("random", "first", "ss2d", "ssd", "attention", "conv")
 ELASTIC_GENES = ("resolution", "depth", "width", "block_type", "mlp_ratio", "d_state", "ssm_ratio", "num_heads")
-
-
-@dataclass
-class DataConfig:
-    """Where the images come from, how they are split and turned into pixel values."""
-
-    source: Literal["digits", "imagefolder", "load_from_disk", "hub"] = "digits"
-    """`digits`: scikit-learn's bundled real handwritten digits (fixed train/validation/test split, no download).
-    `imagefolder`: a local folder, either `<path>/<class>/<image>` or `<path>/<split>/<class>/<image>`.
-    `load_from_disk`: a folder written by `DatasetDict.save_to_disk`. `hub`: a Hub dataset id (needs internet)."""
-
-    path: str | None = None
-    """Folder (imagefolder, load_from_disk) or dataset id (hub). Unused for digits."""
-
-    name: str | None = None
-    """Hub dataset configuration name (source=hub only)."""
-
-    train_split: str = "train"
-    """Split to train on."""
-
-    validation_split: str | None = "validation"
-    """Split for validation metrics. When the dataset has no such split, `validation_fraction` of `train_split` is
-    held out instead (stratified, seeded by `seed`). The test split is never read by training or search."""
-
-    validation_fraction: float = 0.1
-    """Fraction of `train_split` held out when there is no `validation_split`."""
-
-    image_column: str = "image"
-    """Column holding the images (PIL images, or uint8 arrays of shape (H, W) or (H, W, C))."""
-
-    label_column: str = "label"
-    """Column holding integer class labels (ideally a `ClassLabel`, whose names become `id2label`)."""
-
-    image_size: int | None = None
-    """Side of the square pixel_values the loader produces. Default: the largest resolution of the search space;
-    subnets with smaller resolutions get the batch resized on the fly."""
-
-    image_mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
-    """Per-channel mean subtracted after rescaling to [0, 1]."""
-
-    image_std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
-    """Per-channel std divided after subtracting the mean."""
-
-    seed: int = 0
-    """Seed of the digits split and of the held-out validation fraction."""
-
-    max_train_samples: int | None = None
-    """Use only the first N training examples (quick experiments)."""
-
-    check_samples: int = 256
-    """Images checked up front for decodability, mode and shape (evenly spread over each split); 0 checks all."""
-
-    num_workers: int = 0
-    """DataLoader worker processes per training process."""
 
 
 @dataclass

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .data import DistillData, EpochShuffleSampler, collate, resize_batch
+from evonets.data.classification import DistillData, EpochShuffleSampler, collate, resize_batch
 
 # The orders in which architectures can be ranked (see `ranking_scores`).
 RANKINGS = ("fitness", "accuracy", "loss")

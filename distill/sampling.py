@@ -21,7 +21,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from evonets.search_space import BLOCK_TYPE_GENES, SearchSpace
+from evonets.models.search_space import BLOCK_TYPE_GENES, SearchSpace
 
 from .config import BLOCK_TYPE_POLICIES, ELASTIC_GENES, ShrinkPhase
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .data import resize_batch
+from evonets.data.classification import resize_batch
 from .losses import TeacherTargets
 
 _GENERIC_LABEL = re.compile(r"LABEL_\d+")

@@ -80,7 +80,7 @@ def train_teacher(config: DistillConfig, output_dir: str | Path | None = None, l
 def _train_teacher(config: DistillConfig, output_dir: Path, log) -> dict:
     from transformers import get_cosine_schedule_with_warmup
 
-    from distill.data import EpochShuffleSampler, collate, load_data
+    from evonets.data.classification import EpochShuffleSampler, collate, load_data
     from distill.trainer import build_space_config
 
     train_config = config.teacher.train

@@ -4,7 +4,7 @@
 
 1. one `Accelerator` (mixed precision, gradient accumulation, trackers, `ProjectConfiguration` with automatic
    checkpoint naming under `<output_dir>/checkpoints/checkpoint_<i>`);
-2. data (`distill.data`), teacher (`distill.teachers`; trained first by `distill.train_teacher` when
+2. data (`evonets.data.classification`), teacher (`distill.teachers`; trained first by `distill.train_teacher` when
    `teacher.train_if_missing`), supernet (`EvoNetSupernet`), projectors (`distill.losses`), all checked before the
    first step;
 3. one `accelerator.prepare(model, optimizer, train_loader, val_loader, scheduler)`; the sandwich sampler and a step
@@ -43,11 +43,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from evonets.search_space import EvoNetSupernetConfig
-from evonets.supernet import EvoNetSupernet
+from evonets.models.search_space import EvoNetSupernetConfig
+from evonets.models.supernet import EvoNetSupernet
 
 from .config import DistillConfig, SupernetSettings
-from .data import EpochShuffleSampler, collate, load_data, resize_batch
+from evonets.data.classification import EpochShuffleSampler, collate, load_data, resize_batch
 from .losses import DistillationLoss, TeacherTargets
 from .sampling import SandwichSampler
 

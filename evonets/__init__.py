@@ -15,21 +15,21 @@ from transformers import (
     AutoModelForSemanticSegmentation,
 )
 
-from .configuration_evonet import BLOCK_TYPES, EvoNetConfig
-from .detection import build_rt_detr
-from .image_processing_evonet import EvoNetImageProcessor
-from .modeling_evonet import (
+from .models.configuration_evonet import BLOCK_TYPES, EvoNetConfig
+from .models.detection import build_rt_detr
+from .models.image_processing_evonet import EvoNetImageProcessor
+from .models.modeling_evonet import (
     MIXERS,
     EvoNetBackbone,
     EvoNetForImageClassification,
     EvoNetModel,
     EvoNetPreTrainedModel,
 )
-from .modeling_evonet_depth import EvoNetDepthConfig, EvoNetForDepthEstimation
-from .modeling_evonet_segmentation import EvoNetForSemanticSegmentation, EvoNetSegmentationConfig, build_upernet
-from .modeling_evonet_view_synthesis import EvoNetForNovelViewSynthesis, EvoNetViewSynthesisConfig
-from .search_space import EvoNetSupernetConfig, SearchSpace
-from .supernet import EvoNetSupernet
+from .models.modeling_evonet_depth import EvoNetDepthConfig, EvoNetForDepthEstimation
+from .models.modeling_evonet_segmentation import EvoNetForSemanticSegmentation, EvoNetSegmentationConfig, build_upernet
+from .models.modeling_evonet_view_synthesis import EvoNetForNovelViewSynthesis, EvoNetViewSynthesisConfig
+from .models.search_space import EvoNetSupernetConfig, SearchSpace
+from .models.supernet import EvoNetSupernet
 
 __version__ = "0.1.0"
 

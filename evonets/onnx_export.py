@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .mixer_ss2d import EvoNetSelectiveScan
+from evonets.models.mixer_ss2d import EvoNetSelectiveScan
 
 INPUT_NAME = "pixel_values"
 EXPORT_SCAN_BACKEND = "torch"  # the pure-PyTorch chunked scan of `selective_scan`

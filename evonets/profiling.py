@@ -38,7 +38,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .mixer_ss2d import EvoNetSelectiveScan
+from evonets.models.mixer_ss2d import EvoNetSelectiveScan
 
 aten = torch.ops.aten
 

@@ -72,7 +72,7 @@ import torch
 from transformers import AutoModelForDepthEstimation, EvalPrediction, Trainer, TrainingArguments
 
 import evonets
-from evonets.data_depth import (
+from evonets.data.depth import (
     DepthFramesDataset,
     collate_depth,
     compute_depth_metrics,

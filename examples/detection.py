@@ -21,7 +21,7 @@ import torch
 from transformers import RTDetrImageProcessorPil, Trainer, TrainingArguments, pipeline
 
 import evonets
-from evonets.data_detection import (
+from evonets.data.detection import (
     CocoDetectionEvaluator,
     DetectionPreprocessor,
     collate_detection,
@@ -30,8 +30,8 @@ from evonets.data_detection import (
     load_voc_detection,
     mean_box_detections,
 )
-from evonets.detection import build_rt_detr
-from evonets.task_backbone import shared_data_dir
+from evonets.models.detection import build_rt_detr
+from evonets.data.paths import shared_data_dir
 
 # A small hybrid EvoNet: a conv stage at stride 4 (where a scan would cost most), SSD in the middle, attention at the
 # coarse end; stages 2-4 (strides 8, 16, 32) feed the detector.

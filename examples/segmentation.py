@@ -26,7 +26,7 @@ from PIL import Image
 from transformers import Trainer, TrainingArguments
 
 import evonets
-from evonets.data_segmentation import (
+from evonets.data.segmentation import (
     IGNORE_INDEX,
     SegmentationCollator,
     SegmentationMetrics,
@@ -36,7 +36,7 @@ from evonets.data_segmentation import (
     preprocess_logits_for_metrics,
     train_validation_split,
 )
-from evonets.modeling_evonet_segmentation import build_upernet
+from evonets.models.modeling_evonet_segmentation import build_upernet
 
 
 def default_backbone(image_size: int) -> evonets.EvoNetConfig:

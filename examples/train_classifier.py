@@ -18,7 +18,7 @@ import torch
 from transformers import Trainer, TrainingArguments, pipeline
 
 import evonets
-from evonets.data import load_digits_dataset
+from evonets.data.digits import load_digits_dataset
 
 IMAGE_SIZE = 32  # the 8x8 digits, upsampled: four stages at patch 2 see 16x16, 8x8, 4x4 and 2x2 token grids
 

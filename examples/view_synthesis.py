@@ -24,7 +24,7 @@ from PIL import Image
 from transformers import Trainer, TrainingArguments
 
 import evonets
-from evonets.data_llff import (
+from evonets.data.llff import (
     LLFFTestViews,
     LLFFTrainingRays,
     ViewSynthesisCollator,
@@ -33,7 +33,7 @@ from evonets.data_llff import (
     load_llff_scene,
     mean_colour_baseline,
 )
-from evonets.task_backbone import shared_data_dir
+from evonets.data.paths import shared_data_dir
 
 
 def small_backbone() -> evonets.EvoNetConfig:

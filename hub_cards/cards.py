@@ -55,7 +55,7 @@ def _ordinal(rank: int, superlative: str) -> str:
 
 
 def _choices(values) -> str:
-    from evonets.search_space import format_number
+    from evonets.models.search_space import format_number
 
     return ", ".join(format_number(value) for value in values)
 
@@ -210,7 +210,7 @@ def rank_check_facts(check: RankCheck | None) -> dict | None:
 
 
 def search_facts(run: RunFolder) -> dict:
-    from evonets.search_space import EvoNetSupernetConfig
+    from evonets.models.search_space import EvoNetSupernetConfig
 
     info, pareto = run.info, run.pareto
     fingerprint = info.get("latency_fingerprint", {})
@@ -293,7 +293,7 @@ def onnx_facts(model_dir: Path) -> dict | None:
 def stage_rows(config) -> list[dict]:
     """One row per stage of an `EvoNetConfig`: token grid, depth, width, and each block's mixer with the sizes its
     type uses (as `config.block_args` resolves them)."""
-    from evonets.search_space import BLOCK_TYPE_GENES, format_number
+    from evonets.models.search_space import BLOCK_TYPE_GENES, format_number
 
     rows = []
     for stage in range(config.num_stages):
@@ -446,7 +446,7 @@ def supernet_card(
     from safetensors import safe_open
 
     from evonets import BLOCK_TYPES
-    from evonets.search_space import EvoNetSupernetConfig
+    from evonets.models.search_space import EvoNetSupernetConfig
 
     if run.supernet_dir is None:
         raise ValueError(

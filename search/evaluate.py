@@ -73,9 +73,9 @@ class SupernetEvaluator:
 
     def __init__(self, spec: FitnessSpec):
         from distill.config import DataConfig
-        from distill.data import load_data
+        from evonets.data.classification import load_data
         from distill.ranking import validation_tensors
-        from evonets.supernet import EvoNetSupernet
+        from evonets.models.supernet import EvoNetSupernet
 
         self.spec = spec
         self.supernet = EvoNetSupernet.from_pretrained(spec.supernet).eval()
@@ -112,7 +112,7 @@ class SupernetEvaluator:
         }
 
     def _train_batches(self, resolution: int):
-        from distill.data import collate, resize_batch
+        from evonets.data.classification import collate, resize_batch
 
         generator = torch.Generator().manual_seed(0)
         order = torch.randperm(len(self.data.train), generator=generator).tolist()

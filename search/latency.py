@@ -81,14 +81,14 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedConfig
 
 import evonets
-from evonets.configuration_evonet import BLOCK_TYPES
-from evonets.modeling_evonet import EvoNetDownsample, EvoNetForImageClassification
+from evonets.models.configuration_evonet import BLOCK_TYPES
+from evonets.models.modeling_evonet import EvoNetDownsample, EvoNetForImageClassification
 from evonets.onnx_export import EXPORT_SCAN_BACKEND, OnnxRuntimeModel, export_mode, export_onnx
-from evonets.search_space import BLOCK_TYPE_GENES, EvoNetSupernetConfig, SearchSpace, format_number
-from evonets.selective_scan import _resolve_backend
+from evonets.models.search_space import BLOCK_TYPE_GENES, EvoNetSupernetConfig, SearchSpace, format_number
+from evonets.models.selective_scan import _resolve_backend
 
 if TYPE_CHECKING:
-    from evonets.supernet import EvoNetSupernet
+    from evonets.models.supernet import EvoNetSupernet
 
 logger = logging.getLogger(__name__)
 

@@ -51,7 +51,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from distill.config import DataConfig
-from distill.data import DistillData, load_data
+from evonets.data.classification import DistillData, load_data
 from distill.ranking import (
     RANKINGS,
     StandaloneRecipe,
@@ -164,7 +164,7 @@ class RankCheckConfig:
 
 def load_space_config(path: str):
     """The search space (`EvoNetSupernetConfig`) of the supernet saved in folder `path`."""
-    from evonets.search_space import EvoNetSupernetConfig
+    from evonets.models.search_space import EvoNetSupernetConfig
 
     folder = Path(path).expanduser()
     if not (folder / "config.json").is_file():

@@ -49,7 +49,7 @@ def markdown_table(rows: list[dict], objectives: list[str]) -> str:
 
 def export_model(supernet, supernet_dir: Path, record: dict, folder: Path, info: dict) -> Path:
     """Save a front member as a standalone model folder with its search results."""
-    from evonets.image_processing_evonet import EvoNetImageProcessor
+    from evonets.models.image_processing_evonet import EvoNetImageProcessor
 
     arch = supernet.search_space.decode(record["encoding"])
     supernet.extract(arch).save_pretrained(folder)
@@ -75,7 +75,7 @@ def standalone_check(folder: Path, data_config, image_size: int, expected_accura
     """Reload `folder` with `from_pretrained` and score it on validation (and test, when there is one), with the
     fitness's preprocessing: images loaded at `image_size` (the supernet's largest resolution), resized to the
     model's."""
-    from distill.data import load_data
+    from evonets.data.classification import load_data
     from distill.ranking import evaluate, validation_tensors
     from evonets import EvoNetForImageClassification
 
@@ -104,8 +104,8 @@ def _test_split(data_config, data, num_channels: int):
     """(pixel_values, labels) of the test split, for the final report; None when the data has none here."""
     if data_config.source != "digits":
         return None
-    from distill.data import collate, make_transform
-    from evonets.data import load_digits_dataset
+    from evonets.data.classification import collate, make_transform
+    from evonets.data.digits import load_digits_dataset
 
     test = load_digits_dataset(seed=data_config.seed)["test"]
     test = test.with_transform(make_transform(data.processor, data_config, num_channels))

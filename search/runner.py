@@ -143,7 +143,7 @@ def reference_point(config: SearchConfig, space, oracle: LatencyOracle, supernet
         return {name: float(config.search.reference_point[name]) for name in config.search.objectives}
     import torch
 
-    from evonets.configuration_evonet import BLOCK_TYPES
+    from evonets.models.configuration_evonet import BLOCK_TYPES
     from evonets.profiling import count_macs, count_parameters
 
     worst = {"error": 1.0, "latency_ms": 0.0, "macs": 0.0, "params": 0.0}
@@ -192,7 +192,7 @@ def _coordinate(config: SearchConfig, supernet_dir: Path, spec: FitnessSpec, mak
     import torch
     from tqdm.auto import tqdm
 
-    from evonets.supernet import EvoNetSupernet
+    from evonets.models.supernet import EvoNetSupernet
 
     from .pool import EvaluationPool
     from .report import write_outputs

@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from evonets.task_backbone import shared_data_dir
+from evonets.data.paths import shared_data_dir
 
 # Prepended to every `without_evonets` script: a user who has only transformers, not our package.
 HIDE_EVONETS = """

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from distill.config import DataConfig, DistillConfig, LossConfig
-from distill.data import EpochShuffleSampler, load_data
+from evonets.data.classification import EpochShuffleSampler, load_data
 from distill.teachers import load_teacher, tokens_to_grid
 from distill.train import parse_config
 

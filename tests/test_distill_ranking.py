@@ -13,7 +13,7 @@ from distill.ranking import (
     seed_ceiling,
     standalone_scores,
 )
-from evonets.search_space import EvoNetSupernetConfig
+from evonets.models.search_space import EvoNetSupernetConfig
 
 
 def test_sampled_architectures_are_distinct_and_reproducible():

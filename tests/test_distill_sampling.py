@@ -7,7 +7,7 @@ import torch
 
 from distill.config import ShrinkPhase
 from distill.sampling import SandwichSampler
-from evonets.search_space import EvoNetSupernetConfig
+from evonets.models.search_space import EvoNetSupernetConfig
 
 
 @pytest.fixture(scope="module")

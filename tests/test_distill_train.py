@@ -100,7 +100,7 @@ def _run(args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
 def test_short_run_on_digits_learns_and_writes_a_loadable_supernet(digits_setup, tmp_path):
     from distill.train import parse_config
     from distill.trainer import train
-    from evonets.supernet import EvoNetSupernet
+    from evonets.models.supernet import EvoNetSupernet
 
     config_path, _ = digits_setup
     config = parse_config(["--config", str(config_path), "--trainer.output_dir", str(tmp_path / "run")])
@@ -121,7 +121,7 @@ def test_short_run_on_digits_learns_and_writes_a_loadable_supernet(digits_setup,
     summary = json.loads((result.supernet_dir / "distill_summary.json").read_text())
     assert summary["val_accuracy"] == result.val_accuracy
     # The saved supernet reproduces the accuracy measured at the end of training.
-    from distill.data import load_data
+    from evonets.data.classification import load_data
 
     data = load_data(config.data, 16)
     batch = data.validation[:]
@@ -262,7 +262,7 @@ def test_two_process_run_on_cpu_with_gloo(digits_setup, tmp_path):
     for step in range(1, 5):
         for name in ("loss", "ce", "kd", "spatial", "freq", "grad_norm"):
             assert acc[step][name] == pytest.approx(one[step][name], rel=1e-4), (step, name)
-    from evonets.supernet import EvoNetSupernet
+    from evonets.models.supernet import EvoNetSupernet
 
     supernet = EvoNetSupernet.from_pretrained(output / "supernet")
     assert supernet.config.num_labels == 10

@@ -90,7 +90,7 @@ def _pareto(run_dir) -> dict:
 
 def _digit_images(count: int) -> list[Image.Image]:
     """Real handwritten digits from the validation split, as RGB images."""
-    from evonets.data import load_digits_dataset
+    from evonets.data.digits import load_digits_dataset
 
     return [image.convert("RGB") for image in load_digits_dataset(seed=0)["validation"]["image"][:count]]
 
@@ -486,7 +486,7 @@ def test_export_a_task_model_with_a_searched_backbone(quickstart_run, tmp_path):
     from transformers import UperNetConfig, UperNetForSemanticSegmentation
 
     from evonets.onnx_export import OnnxRuntimeModel
-    from evonets.task_backbone import backbone_config, load_backbone_weights
+    from evonets.models.task_backbone import backbone_config, load_backbone_weights
 
     member = min(_pareto(quickstart_run / "search")["front"], key=lambda member: member["metrics"]["macs"])
     source = quickstart_run / "search" / "models" / member["hash"]

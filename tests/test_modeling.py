@@ -9,10 +9,10 @@ from torch import nn
 from transformers import AutoBackbone, AutoConfig, AutoModel, AutoModelForImageClassification
 
 import evonets
-from evonets.mixer_attention import EvoNetAttention
-from evonets.mixer_ss2d import EvoNetSS2D, merge_orders, scan_orders
-from evonets.mixer_ssd import EvoNetSSD
-from evonets.selective_scan import available_backends
+from evonets.models.mixer_attention import EvoNetAttention
+from evonets.models.mixer_ss2d import EvoNetSS2D, merge_orders, scan_orders
+from evonets.models.mixer_ssd import EvoNetSSD
+from evonets.models.selective_scan import available_backends
 
 MIXED_BLOCKS = [["ss2d", "conv"], ["ssd", "ss2d"], ["attention", "ssd"], ["conv", "attention"]]
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import evonets
-from evonets import mixer_ss2d
-from evonets.mixer_ss2d import EvoNetSelectiveScan
+from evonets.models import mixer_ss2d
+from evonets.models.mixer_ss2d import EvoNetSelectiveScan
 from evonets.onnx_export import OnnxCheckError, OnnxRuntimeModel, compare_with_pytorch, export_onnx
-from evonets.selective_scan import TORCH_CHUNK_SIZE, selective_scan
+from evonets.models.selective_scan import TORCH_CHUNK_SIZE, selective_scan
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")

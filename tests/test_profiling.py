@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import evonets
-from evonets.mixer_ss2d import EvoNetSelectiveScan, EvoNetSS2D
+from evonets.models.mixer_ss2d import EvoNetSelectiveScan, EvoNetSS2D
 from evonets.profiling import SCAN_KEY, count_macs, count_parameters
 
 SCAN_BACKENDS = ("reference", "torch", "cpu_fused")
@@ -94,8 +94,8 @@ def test_ss2d_scan_macs_are_included_and_analytic():
 
 
 def _available_backends() -> tuple[str, ...]:
-    # `evonets.selective_scan` is the function; the module holds `available_backends`.
-    return importlib.import_module("evonets.selective_scan").available_backends()
+    # `evonets.models.selective_scan` is the function; the module holds `available_backends`.
+    return importlib.import_module("evonets.models.selective_scan").available_backends()
 
 
 @pytest.mark.parametrize("backend", SCAN_BACKENDS)

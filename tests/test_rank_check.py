@@ -14,8 +14,8 @@ FAST = ["--standalone.steps", "3", "--standalone.warmup_steps", "1", "--standalo
 
 @pytest.fixture(scope="module")
 def supernet_dir(tmp_path_factory):
-    from evonets.search_space import EvoNetSupernetConfig
-    from evonets.supernet import EvoNetSupernet
+    from evonets.models.search_space import EvoNetSupernetConfig
+    from evonets.models.supernet import EvoNetSupernet
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("supernet")
@@ -27,10 +27,10 @@ def supernet_dir(tmp_path_factory):
 def cli_run(supernet_dir, tmp_path_factory):
     """One CLI run (n = 4, 2 seeds) with the test split removed from the digits data and every scored batch recorded."""
     import distill.ranking
-    import evonets.data
+    import evonets.data.digits
 
     output_dir = tmp_path_factory.mktemp("rank_check")
-    load_digits = evonets.data.load_digits_dataset
+    load_digits = evonets.data.digits.load_digits_dataset
     evaluate = distill.ranking.evaluate
     scored = []
 
@@ -44,7 +44,7 @@ def cli_run(supernet_dir, tmp_path_factory):
         return evaluate(model_fn, pixel_values, labels, resolution, *args, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(evonets.data, "load_digits_dataset", without_test_split)
+        patch.setattr(evonets.data.digits, "load_digits_dataset", without_test_split)
         patch.setattr(distill.ranking, "evaluate", recording_evaluate)
         argv = ["--supernet", str(supernet_dir), "--n", "4", "--data.source", "digits", "--progress_bar", "false"]
         report = main(argv + FAST + ["--output_dir", str(output_dir)])
@@ -80,9 +80,9 @@ def test_cli_writes_json_markdown_and_scatter(cli_run):
 
 
 def test_supernet_scores_come_from_the_validation_split(cli_run):
-    from distill.data import load_data
+    from evonets.data.classification import load_data
     from distill.ranking import validation_tensors
-    from evonets.data import load_digits_dataset
+    from evonets.data.digits import load_digits_dataset
 
     report, _, scored = cli_run
     validation_pixels, validation_labels = validation_tensors(load_data(DataConfig(source="digits"), image_size=16))
@@ -114,8 +114,8 @@ def test_bad_values_are_clear_errors(supernet_dir, tmp_path, capsys, flags, mess
 
 
 def test_more_architectures_than_the_space_has_is_an_error(tmp_path):
-    from evonets.search_space import EvoNetSupernetConfig
-    from evonets.supernet import EvoNetSupernet
+    from evonets.models.search_space import EvoNetSupernetConfig
+    from evonets.models.supernet import EvoNetSupernet
     from search.rank_check import run
 
     small = EvoNetSupernetConfig.tiny(

@@ -60,10 +60,10 @@ def make_failing_evaluator():
 def make_supernet_evaluator(folder: str):
     """Validation accuracy and loss on digits of `payload["arch"]` (an encoding) with the supernet's weights."""
     from distill.config import DataConfig
-    from distill.data import load_data
+    from evonets.data.classification import load_data
     from distill.ranking import evaluate as evaluate_model
     from distill.ranking import validation_tensors
-    from evonets.supernet import EvoNetSupernet
+    from evonets.models.supernet import EvoNetSupernet
 
     supernet = EvoNetSupernet.from_pretrained(folder).eval()
     pixel_values, labels = validation_tensors(load_data(DataConfig(source="digits"), image_size=16))
@@ -83,8 +83,8 @@ def without_bookkeeping(result: dict) -> dict:
 @pytest.fixture(scope="module")
 def supernet_folder(tmp_path_factory) -> str:
     """A random-init quickstart-space supernet (rankings do not matter here, only that results are reproduced)."""
-    from evonets.search_space import EvoNetSupernetConfig
-    from evonets.supernet import EvoNetSupernet
+    from evonets.models.search_space import EvoNetSupernetConfig
+    from evonets.models.supernet import EvoNetSupernet
 
     folder = tmp_path_factory.mktemp("supernet")
     torch.manual_seed(0)
@@ -113,7 +113,7 @@ def wait_for_file(path: Path, timeout: float = 120.0) -> str:
 
 
 def test_pool_results_equal_serial_supernet_evaluation(pool, supernet_folder):
-    from evonets.search_space import EvoNetSupernetConfig
+    from evonets.models.search_space import EvoNetSupernetConfig
 
     torch.set_num_threads(1)
     space, rng = EvoNetSupernetConfig.from_pretrained(supernet_folder).search_space, random.Random(0)

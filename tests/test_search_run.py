@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from evonets import EvoNetForImageClassification
-from evonets.search_space import EvoNetSupernetConfig
-from evonets.supernet import EvoNetSupernet
+from evonets.models.search_space import EvoNetSupernetConfig
+from evonets.models.supernet import EvoNetSupernet
 from search.pareto import dominates
 from search.run import main
 

@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from evonets.configuration_evonet import BLOCK_TYPES, EvoNetConfig
-from evonets.search_space import BLOCK_TYPE_GENES, EvoNetSupernetConfig, SearchSpace
+from evonets.models.configuration_evonet import BLOCK_TYPES, EvoNetConfig
+from evonets.models.search_space import BLOCK_TYPE_GENES, EvoNetSupernetConfig, SearchSpace
 
 
 def _micro_space() -> SearchSpace:

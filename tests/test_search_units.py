@@ -6,7 +6,7 @@ import random
 import numpy as np
 import pytest
 
-from evonets.search_space import EvoNetSupernetConfig
+from evonets.models.search_space import EvoNetSupernetConfig
 from search.archive import JsonlArchive
 from search.config import Constraint, SearchConfig
 from search.evolution import Evolution, optimizer_class

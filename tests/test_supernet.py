@@ -6,10 +6,10 @@ import random
 import pytest
 import torch
 
-from evonets.configuration_evonet import BLOCK_TYPES
-from evonets.modeling_evonet import EvoNetBackbone, EvoNetForImageClassification
-from evonets.search_space import EvoNetSupernetConfig
-from evonets.supernet import EvoNetSupernet
+from evonets.models.configuration_evonet import BLOCK_TYPES
+from evonets.models.modeling_evonet import EvoNetBackbone, EvoNetForImageClassification
+from evonets.models.search_space import EvoNetSupernetConfig
+from evonets.models.supernet import EvoNetSupernet
 
 STAGE_NAMES = ["stem", "stage1", "stage2", "stage3", "stage4"]
 

@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 from transformers import AutoConfig, AutoModelForDepthEstimation, EvalPrediction, Trainer, TrainingArguments
 
 import evonets
-from evonets.data_depth import (
+from evonets.data.depth import (
     DEPTH_FORMATS,
     DepthFramesDataset,
     collate_depth,
@@ -25,7 +25,7 @@ from evonets.data_depth import (
     load_rgbd_sample,
     resize_frame,
 )
-from evonets.modeling_evonet_depth import scale_invariant_log_loss
+from evonets.models.modeling_evonet_depth import scale_invariant_log_loss
 
 ALL_STAGES = ["stage1", "stage2", "stage3", "stage4"]
 

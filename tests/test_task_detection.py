@@ -19,7 +19,7 @@ from transformers import (
 )
 
 import evonets
-from evonets.data_detection import (
+from evonets.data.detection import (
     CocoDetectionEvaluator,
     DetectionPreprocessor,
     collate_detection,
@@ -28,7 +28,7 @@ from evonets.data_detection import (
     load_voc_detection,
     mean_box_detections,
 )
-from evonets.detection import build_rt_detr
+from evonets.models.detection import build_rt_detr
 
 IMAGE_SIZE = 128
 BCCD_CLASSES = ["Platelets", "RBC", "WBC"]
@@ -112,7 +112,7 @@ def test_coco_loader_counts_crowd_and_negatives(coco128):
 
 
 def test_voc_loader_counts_and_clips_degenerate_boxes(shared_data, caplog):
-    with caplog.at_level(logging.WARNING, logger="evonets.data_detection"):
+    with caplog.at_level(logging.WARNING, logger="evonets.data.detection"):
         train = load_voc_detection(shared_data / "bccd", "train")
         val = load_voc_detection(shared_data / "bccd", "val")
     assert (len(train), len(val)) == (205, 87)

@@ -18,7 +18,7 @@ from transformers import (
 )
 
 import evonets
-from evonets.data_segmentation import (
+from evonets.data.segmentation import (
     IGNORE_INDEX,
     SegmentationCollator,
     SegmentationMetrics,
@@ -29,7 +29,7 @@ from evonets.data_segmentation import (
     preprocess_logits_for_metrics,
     train_validation_split,
 )
-from evonets.modeling_evonet_segmentation import build_upernet
+from evonets.models.modeling_evonet_segmentation import build_upernet
 
 IMAGE_SIZE = 64
 

@@ -14,18 +14,18 @@ from safetensors.torch import save_file
 from transformers import AutoConfig, AutoModel, Trainer, TrainingArguments
 
 import evonets
-from evonets.data_llff import (
+from evonets.data.llff import (
     LLFFTestViews,
     LLFFTrainingRays,
     ViewSynthesisCollator,
     ViewSynthesisMetrics,
-    camera_rays,
     image_metrics,
     load_llff_scene,
     mean_colour_baseline,
     view_synthesis_example,
 )
-from evonets.modeling_evonet_view_synthesis import (
+from evonets.models.modeling_evonet_view_synthesis import (
+    camera_rays,
     EvoNetForNovelViewSynthesis,
     EvoNetViewSynthesisConfig,
     NovelViewSynthesisOutput,

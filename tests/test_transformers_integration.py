@@ -18,7 +18,7 @@ from transformers import (
 )
 
 import evonets
-from evonets.data import load_digits_dataset
+from evonets.data.digits import load_digits_dataset
 
 IMAGE_SIZE = 16
 

@@ -6,7 +6,7 @@
   `EvoNetBackbone` through `UperNetConfig(backbone_config=...)`; heavier, and the usual reference head.
 
 Both take their backbone from an `EvoNetConfig` or a saved EvoNet folder (a search run's `models/<hash>/`) through
-`evonets.task_backbone`, take `labels` (B, H, W) with `ignore_index` (255) for unlabelled pixels, and return a
+`evonets.models.task_backbone`, take `labels` (B, H, W) with `ignore_index` (255) for unlabelled pixels, and return a
 `SemanticSegmenterOutput` with `loss`.
 
 Reading order: config -> decoder -> `PreTrainedModel` -> model -> UperNet builder. Tensors are channels-first
@@ -131,7 +131,7 @@ class EvoNetForSemanticSegmentation(EvoNetSegmentationPreTrainedModel):
     r"""
     EvoNet backbone -> [`EvoNetSegmentationMLPDecoder`]: per-pixel class scores at the resolution of the finest
     feature map (H / 4 x W / 4 for `patch_size` 4 and `stage1` in `out_features`). The loss upsamples them to the
-    labels' size; resize `logits` the same way for predictions (see `evonets.data_segmentation`).
+    labels' size; resize `logits` the same way for predictions (see `evonets.data.segmentation`).
     Inputs should be divisible by the backbone's total stride (`patch_size * 2 ** (num_stages - 1)`).
     """
 

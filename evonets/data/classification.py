@@ -2,7 +2,7 @@
 
 Sources (`DataConfig.source`):
 
-- `digits`: scikit-learn's bundled real handwritten digits (`evonets.data.load_digits_dataset`), fixed split.
+- `digits`: scikit-learn's bundled real handwritten digits (`evonets.data.digits.load_digits_dataset`), fixed split.
 - `imagefolder`: `<path>/<class>/<image>` (one split; validation is held out) or `<path>/<split>/<class>/<image>`.
 - `load_from_disk`: a `DatasetDict` (or a single `Dataset`) saved with `save_to_disk`.
 - `hub`: `datasets.load_dataset(path, name)` (needs internet).
@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from evonets import EvoNetImageProcessor
+from evonets.models.image_processing_evonet import EvoNetImageProcessor
 
-from .config import DataConfig
+from evonets.data.config import DataConfig
 
 # PIL modes with an unambiguous 8-bit conversion to "L" / "RGB". High-bit-depth and float modes ("I", "F", "I;16")
 # have no agreed scale to [0, 255]: we refuse them rather than guess.
@@ -92,7 +92,7 @@ def load_splits(config: DataConfig):
 
     source = config.source
     if source == "digits":
-        from evonets.data import load_digits_dataset
+        from evonets.data.digits import load_digits_dataset
 
         splits = load_digits_dataset(seed=config.seed)
     elif source in ("imagefolder", "load_from_disk"):

@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from evonets.models.modeling_evonet_view_synthesis import camera_rays
+
 if TYPE_CHECKING:
     import torch
 
@@ -191,41 +193,6 @@ def load_llff_scene(
         image_names=names,
         holdout_every=holdout_every,
     )
-
-
-def camera_rays(
-    pose: np.ndarray, intrinsics: np.ndarray, height: int, width: int, pixels: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    r"""
-    Rays through pixel centres of a pinhole camera, OpenCV axes.
-
-    For pixel p = row i * width + column j, with camera-to-world pose [R | c]:
-
-        direction = R [ (j + 0.5 - cx) / fx, (i + 0.5 - cy) / fy, 1 ]^T,    origin = c
-
-    The direction has unit z in the camera frame, so the point origin + t * direction lies at depth t in front of
-    the camera: ray parameters and LLFF's depth bounds share units.
-
-    Args:
-        pose: (4, 4) camera-to-world. intrinsics: (3, 3).
-        pixels: (R,) flat pixel indices, or None for all H * W pixels in row-major order.
-    Returns:
-        origins (R, 3) and directions (R, 3), float32 world coordinates.
-    """
-    if pixels is None:
-        pixels = np.arange(height * width)
-    rows, columns = np.divmod(np.asarray(pixels), width)
-    camera_directions = np.stack(
-        [
-            (columns + 0.5 - intrinsics[0, 2]) / intrinsics[0, 0],
-            (rows + 0.5 - intrinsics[1, 2]) / intrinsics[1, 1],
-            np.ones(len(rows)),
-        ],
-        axis=-1,
-    )
-    directions = camera_directions @ pose[:3, :3].T
-    origins = np.broadcast_to(pose[:3, 3], directions.shape)
-    return origins.astype(np.float32), directions.astype(np.float32)
 
 
 def view_synthesis_example(
@@ -404,7 +371,6 @@ __all__ = [
     "LLFFTrainingRays",
     "ViewSynthesisCollator",
     "ViewSynthesisMetrics",
-    "camera_rays",
     "image_metrics",
     "llff_to_opencv_poses",
     "load_llff_scene",

@@ -46,8 +46,8 @@ def build_rt_detr(
 
     Args:
         backbone_source: an `EvoNetConfig` or its dict (backbone from scratch), or a saved EvoNet folder such as a
-            search run's `models/<hash>/` (its weights are copied in), see `evonets.task_backbone`.
-        id2label: the detector's classes, `{0: name, 1: name, ...}` (e.g. `evonets.data_detection.id2label(train)`).
+            search run's `models/<hash>/` (its weights are copied in), see `evonets.models.task_backbone`.
+        id2label: the detector's classes, `{0: name, 1: name, ...}` (e.g. `evonets.data.detection.id2label(train)`).
         out_features: the backbone stages fed to the encoder; defaults to the last three (strides 8, 16, 32 for
             patch 4 and 4 stages).
         detector_sizes: `RTDetrConfig` fields overriding `RT_DETR_EDGE_SIZES` (e.g. `d_model=128`,

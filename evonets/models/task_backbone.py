@@ -1,4 +1,4 @@
-"""Where a task head gets its EvoNet backbone from, and where the shared real data lives.
+"""Where a task head gets its EvoNet backbone from.
 
 Every downstream head (segmentation, detection, depth, view synthesis) takes its backbone from one *source*:
 
@@ -164,22 +164,10 @@ class EvoNetHeadPreTrainedModel(EvoNetPreTrainedModel):
         return model
 
 
-def shared_data_dir() -> Path:
-    """The real sample data (`coco128`, `ade20k_sample`, `bccd`, `rgbd_sample`, `llff_fern`).
-
-    `$EVONETS_DATA_DIR` if set, else `../shared/data` beside the repository checkout. The data is never copied into
-    the project (several licences are research-only).
-    """
-    if "EVONETS_DATA_DIR" in os.environ:
-        return Path(os.environ["EVONETS_DATA_DIR"]).expanduser()
-    return Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
 __all__ = [
     "BackboneSource",
     "EvoNetHeadConfig",
     "EvoNetHeadPreTrainedModel",
     "backbone_config",
     "load_backbone_weights",
-    "shared_data_dir",
 ]

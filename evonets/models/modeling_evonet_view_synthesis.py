@@ -7,7 +7,7 @@ frame, the per-view hidden states are averaged over the views, and the averaged 
 that volume rendering composites along the ray.
 
 Cameras use OpenCV axes (x right, y down, z forward), poses are camera-to-world 4x4 matrices and a pixel (row i,
-column j) covers [j, j + 1) x [i, i + 1) in image coordinates (`evonets.data_llff` loads LLFF scenes this way).
+column j) covers [j, j + 1) x [i, i + 1) in image coordinates (`evonets.data.llff` loads LLFF scenes this way).
 
 Reading order: config -> camera projection -> positional encoding -> volume rendering -> source-view encoder ->
 radiance field -> output -> `PreTrainedModel` -> model.
@@ -18,15 +18,49 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.utils import ModelOutput
 
-from .data_llff import camera_rays
 from .modeling_evonet import EvoNetBackbone
 from .task_backbone import EvoNetHeadConfig, EvoNetHeadPreTrainedModel
 
+
+def camera_rays(
+    pose: np.ndarray, intrinsics: np.ndarray, height: int, width: int, pixels: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    r"""
+    Rays through pixel centres of a pinhole camera, OpenCV axes.
+
+    For pixel p = row i * width + column j, with camera-to-world pose [R | c]:
+
+        direction = R [ (j + 0.5 - cx) / fx, (i + 0.5 - cy) / fy, 1 ]^T,    origin = c
+
+    The direction has unit z in the camera frame, so the point origin + t * direction lies at depth t in front of
+    the camera: ray parameters and LLFF's depth bounds share units.
+
+    Args:
+        pose: (4, 4) camera-to-world. intrinsics: (3, 3).
+        pixels: (R,) flat pixel indices, or None for all H * W pixels in row-major order.
+    Returns:
+        origins (R, 3) and directions (R, 3), float32 world coordinates.
+    """
+    if pixels is None:
+        pixels = np.arange(height * width)
+    rows, columns = np.divmod(np.asarray(pixels), width)
+    camera_directions = np.stack(
+        [
+            (columns + 0.5 - intrinsics[0, 2]) / intrinsics[0, 0],
+            (rows + 0.5 - intrinsics[1, 2]) / intrinsics[1, 1],
+            np.ones(len(rows)),
+        ],
+        axis=-1,
+    )
+    directions = camera_directions @ pose[:3, :3].T
+    origins = np.broadcast_to(pose[:3, 3], directions.shape)
+    return origins.astype(np.float32), directions.astype(np.float32)
 
 class EvoNetViewSynthesisConfig(EvoNetHeadConfig):
     r"""
@@ -49,7 +83,7 @@ class EvoNetViewSynthesisConfig(EvoNetHeadConfig):
         perturb_samples (`bool`, defaults to `True`): in training, jitter each sample uniformly inside its interval
             (NeRF's stratified sampling), so the field is trained at every depth, not only at fixed ones.
         near, far (`float`, *optional*): the sampling range of the ray parameter t (the depth in the target camera for
-            rays from `evonets.data_llff.camera_rays`). None (the default): take `near` / `far` from the inputs, as
+            rays from `camera_rays` below). None (the default): take `near` / `far` from the inputs, as
             the LLFF datasets give them from the scene's bounds.
         use_source_colors (`bool`, defaults to `True`): also condition on the source pixel colours at the projected
             points (sampled at full resolution), besides the backbone features (IBRNet does so too); the backbone's
@@ -401,7 +435,7 @@ class EvoNetForNovelViewSynthesis(EvoNetViewSynthesisPreTrainedModel):
         source_intrinsics (`torch.FloatTensor` of shape `(batch_size, num_source_views, 3, 3)`): pinhole matrices
             for the source images' size.
         ray_origins, ray_directions (`torch.FloatTensor` of shape `(batch_size, num_rays, 3)`): target rays in world
-            coordinates (`evonets.data_llff.camera_rays`).
+            coordinates (`camera_rays` below).
         near, far (`torch.FloatTensor` of shape `(batch_size,)`, *optional*): sampling range of the ray parameter;
             required unless the config sets `near` / `far` (which then take precedence).
         labels (`torch.FloatTensor` of shape `(batch_size, num_rays, 3)`, *optional*): target ray colours in
@@ -460,7 +494,7 @@ class EvoNetForNovelViewSynthesis(EvoNetViewSynthesisPreTrainedModel):
         `num_source_views` cameras on a 0.1-wide horizontal baseline, all looking down +z (identity rotation, focal
         length max(height, width), principal point at the image centre), see random images of `image_size` (an int
         or (height, width)); the target camera sits at the middle of the baseline and `num_rays` of its rays
-        (`evonets.data_llff.camera_rays`) pass through pixels spread evenly over its image. `near` / `far` are 1 and
+        (`camera_rays` below) pass through pixels spread evenly over its image. `near` / `far` are 1 and
         10 (about where the source frusta overlap), left out when the config sets them. Not a scene: for shapes,
         export checks and timing only. Returns float32 CPU tensors with batch `batch_size`.
         """
@@ -591,6 +625,7 @@ __all__ = [
     "EvoNetViewSynthesisConfig",
     "EvoNetViewSynthesisPreTrainedModel",
     "NovelViewSynthesisOutput",
+    "camera_rays",
     "positional_encoding",
     "project_points",
     "sample_along_rays",
