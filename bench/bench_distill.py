@@ -130,12 +130,12 @@ class _SingleProcess:
 
 
 def measure_throughput(args, log) -> list[dict]:
-    from evonets.data.classification import collate, load_data
     from distill.losses import DistillationLoss
     from distill.sampling import SandwichSampler
     from distill.teachers import load_teacher
     from distill.train_teacher import train_teacher
     from distill.trainer import DistillModule, build_space_config, parameter_groups, stage_channels, train_micro_step
+    from evonets.data.classification import collate, load_data
     from evonets.models.supernet import EvoNetSupernet
 
     config = base_config(args)
@@ -218,7 +218,6 @@ def measure_throughput(args, log) -> list[dict]:
 
 
 def run_ablation(args, log) -> dict:
-    from evonets.data.classification import load_data
     from distill.ranking import (
         StandaloneRecipe,
         rank_correlations,
@@ -228,6 +227,7 @@ def run_ablation(args, log) -> dict:
         supernet_scores,
     )
     from distill.trainer import train
+    from evonets.data.classification import load_data
     from evonets.models.supernet import EvoNetSupernet
 
     results = {"variants": {}}

@@ -52,9 +52,9 @@ if str(REPO) not in sys.path:
 from _report import DOC_PATH, machine_description, write_section
 
 from distill.config import DataConfig
-from evonets.data.classification import load_data
 from distill.ranking import evaluate as evaluate_model
 from distill.ranking import sample_architectures, validation_tensors
+from evonets.data.classification import load_data
 from evonets.models.search_space import EvoNetSupernetConfig
 from evonets.models.supernet import EvoNetSupernet
 from search.pool import EvaluationPool

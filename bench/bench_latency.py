@@ -156,7 +156,9 @@ def build_evonets() -> dict[str, nn.Module]:
 
 def resolved_scan_backend() -> str:
     """What the SS2D scans' `backend="auto"` runs here (building the fused CPU kernel if needed)."""
-    scan_module = importlib.import_module("evonets.models.selective_scan")  # `evonets.models.selective_scan` is the function
+    scan_module = importlib.import_module(
+        "evonets.models.selective_scan"
+    )  # `evonets.models.selective_scan` is the function
     override = os.environ.get(scan_module.BACKEND_ENV_VAR, "")
     if override and override != "auto":
         return f"{override} (from {scan_module.BACKEND_ENV_VAR})"

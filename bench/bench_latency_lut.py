@@ -47,9 +47,9 @@ from _report import DOC_PATH, machine_description, write_section
 from distill.config import SupernetSettings
 from distill.trainer import build_space_config
 from evonets.models.modeling_evonet import EvoNetForImageClassification
-from evonets.profiling import count_macs
 from evonets.models.search_space import EvoNetSupernetConfig
 from evonets.models.supernet import EvoNetSupernet
+from evonets.profiling import count_macs
 from search.latency import CALIBRATION_NETWORKS, Calibration, LatencySettings, LatencyTable, lut_error
 
 SECTION_NAME, SECTION_TITLE = "latency-lut", "Latency look-up table"

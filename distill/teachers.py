@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from evonets.data.classification import resize_batch
+
 from .losses import TeacherTargets
 
 _GENERIC_LABEL = re.compile(r"LABEL_\d+")

@@ -80,8 +80,8 @@ def train_teacher(config: DistillConfig, output_dir: str | Path | None = None, l
 def _train_teacher(config: DistillConfig, output_dir: Path, log) -> dict:
     from transformers import get_cosine_schedule_with_warmup
 
-    from evonets.data.classification import EpochShuffleSampler, collate, load_data
     from distill.trainer import build_space_config
+    from evonets.data.classification import EpochShuffleSampler, collate, load_data
 
     train_config = config.teacher.train
     space_config = build_space_config(config.supernet, num_labels=2)

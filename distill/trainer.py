@@ -43,11 +43,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from evonets.data.classification import EpochShuffleSampler, collate, load_data, resize_batch
 from evonets.models.search_space import EvoNetSupernetConfig
 from evonets.models.supernet import EvoNetSupernet
 
 from .config import DistillConfig, SupernetSettings
-from evonets.data.classification import EpochShuffleSampler, collate, load_data, resize_batch
 from .losses import DistillationLoss, TeacherTargets
 from .sampling import SandwichSampler
 

@@ -30,8 +30,8 @@ from evonets.data.detection import (
     load_voc_detection,
     mean_box_detections,
 )
-from evonets.models.detection import build_rt_detr
 from evonets.data.paths import shared_data_dir
+from evonets.models.detection import build_rt_detr
 
 # A small hybrid EvoNet: a conv stage at stride 4 (where a scan would cost most), SSD in the middle, attention at the
 # coarse end; stages 2-4 (strides 8, 16, 32) feed the detector.

@@ -67,8 +67,10 @@ def main() -> None:
 
     encoded = data.with_transform(preprocess)
     model = build_model(len(label_names), dict(enumerate(label_names)))
-    print(f"EvoNet: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
-          f"blocks {model.config.block_types}")
+    print(
+        f"EvoNet: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
+        f"blocks {model.config.block_types}"
+    )
 
     training_args = TrainingArguments(
         output_dir=args.output_dir,
@@ -111,8 +113,10 @@ def main() -> None:
     results = {"test_accuracy": test_accuracy, "majority_class_baseline": baseline_accuracy}
     (output_dir / "results.json").write_text(json.dumps(results, indent=2))
     print(f"\ntest accuracy {test_accuracy:.4f}   majority-class baseline {baseline_accuracy:.4f}")
-    print(f"pipeline on the first test image: predicted {prediction['label']} "
-          f"(p={prediction['score']:.2f}), true {label_names[first['label']]}")
+    print(
+        f"pipeline on the first test image: predicted {prediction['label']} "
+        f"(p={prediction['score']:.2f}), true {label_names[first['label']]}"
+    )
     print(f"saved to {output_dir}")
 
 

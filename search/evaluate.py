@@ -73,8 +73,8 @@ class SupernetEvaluator:
 
     def __init__(self, spec: FitnessSpec):
         from distill.config import DataConfig
-        from evonets.data.classification import load_data
         from distill.ranking import validation_tensors
+        from evonets.data.classification import load_data
         from evonets.models.supernet import EvoNetSupernet
 
         self.spec = spec

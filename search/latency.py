@@ -83,9 +83,9 @@ from transformers import PreTrainedConfig
 import evonets
 from evonets.models.configuration_evonet import BLOCK_TYPES
 from evonets.models.modeling_evonet import EvoNetDownsample, EvoNetForImageClassification
-from evonets.onnx_export import EXPORT_SCAN_BACKEND, OnnxRuntimeModel, export_mode, export_onnx
 from evonets.models.search_space import BLOCK_TYPE_GENES, EvoNetSupernetConfig, SearchSpace, format_number
 from evonets.models.selective_scan import _resolve_backend
+from evonets.onnx_export import EXPORT_SCAN_BACKEND, OnnxRuntimeModel, export_mode, export_onnx
 
 if TYPE_CHECKING:
     from evonets.models.supernet import EvoNetSupernet

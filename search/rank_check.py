@@ -51,7 +51,6 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from distill.config import DataConfig
-from evonets.data.classification import DistillData, load_data
 from distill.ranking import (
     RANKINGS,
     StandaloneRecipe,
@@ -62,6 +61,7 @@ from distill.ranking import (
     standalone_scores,
     train_standalone,
 )
+from evonets.data.classification import DistillData, load_data
 
 logger = logging.getLogger(__name__)
 

@@ -485,8 +485,8 @@ def test_export_a_task_model_with_a_searched_backbone(quickstart_run, tmp_path):
     """A UperNet (transformers) whose EvoNet backbone is a searched front member: exported, checked, timed."""
     from transformers import UperNetConfig, UperNetForSemanticSegmentation
 
-    from evonets.onnx_export import OnnxRuntimeModel
     from evonets.models.task_backbone import backbone_config, load_backbone_weights
+    from evonets.onnx_export import OnnxRuntimeModel
 
     member = min(_pareto(quickstart_run / "search")["front"], key=lambda member: member["metrics"]["macs"])
     source = quickstart_run / "search" / "models" / member["hash"]

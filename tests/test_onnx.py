@@ -9,8 +9,8 @@ import torch
 import evonets
 from evonets.models import mixer_ss2d
 from evonets.models.mixer_ss2d import EvoNetSelectiveScan
-from evonets.onnx_export import OnnxCheckError, OnnxRuntimeModel, compare_with_pytorch, export_onnx
 from evonets.models.selective_scan import TORCH_CHUNK_SIZE, selective_scan
+from evonets.onnx_export import OnnxCheckError, OnnxRuntimeModel, compare_with_pytorch, export_onnx
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")

@@ -80,8 +80,8 @@ def test_cli_writes_json_markdown_and_scatter(cli_run):
 
 
 def test_supernet_scores_come_from_the_validation_split(cli_run):
-    from evonets.data.classification import load_data
     from distill.ranking import validation_tensors
+    from evonets.data.classification import load_data
     from evonets.data.digits import load_digits_dataset
 
     report, _, scored = cli_run

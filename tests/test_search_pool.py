@@ -60,9 +60,9 @@ def make_failing_evaluator():
 def make_supernet_evaluator(folder: str):
     """Validation accuracy and loss on digits of `payload["arch"]` (an encoding) with the supernet's weights."""
     from distill.config import DataConfig
-    from evonets.data.classification import load_data
     from distill.ranking import evaluate as evaluate_model
     from distill.ranking import validation_tensors
+    from evonets.data.classification import load_data
     from evonets.models.supernet import EvoNetSupernet
 
     supernet = EvoNetSupernet.from_pretrained(folder).eval()

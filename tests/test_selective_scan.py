@@ -10,7 +10,13 @@ import shutil
 import pytest
 import torch
 
-from evonets.models.selective_scan import BACKEND_ENV_VAR, BACKENDS, TORCH_CHUNK_SIZE, available_backends, selective_scan
+from evonets.models.selective_scan import (
+    BACKEND_ENV_VAR,
+    BACKENDS,
+    TORCH_CHUNK_SIZE,
+    available_backends,
+    selective_scan,
+)
 
 # The module itself (the package re-exports the function under the same name).
 scan_module = importlib.import_module("evonets.models.selective_scan")

@@ -25,10 +25,10 @@ from evonets.data.llff import (
     view_synthesis_example,
 )
 from evonets.models.modeling_evonet_view_synthesis import (
-    camera_rays,
     EvoNetForNovelViewSynthesis,
     EvoNetViewSynthesisConfig,
     NovelViewSynthesisOutput,
+    camera_rays,
     positional_encoding,
     project_points,
     sample_along_rays,

@@ -27,9 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from evonets.models.image_processing_evonet import EvoNetImageProcessor
-
 from evonets.data.config import DataConfig
+from evonets.models.image_processing_evonet import EvoNetImageProcessor
 
 # PIL modes with an unambiguous 8-bit conversion to "L" / "RGB". High-bit-depth and float modes ("I", "F", "I;16")
 # have no agreed scale to [0, 255]: we refuse them rather than guess.

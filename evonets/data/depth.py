@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from evonets.models.image_processing_evonet import EvoNetImageProcessor
 from evonets.data.paths import shared_data_dir
+from evonets.models.image_processing_evonet import EvoNetImageProcessor
 
 
 def _decode_nyu(raw: np.ndarray) -> np.ndarray:

@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
-from evonets.models.image_processing_evonet import EvoNetImageProcessor
 from evonets.data.paths import shared_data_dir
+from evonets.models.image_processing_evonet import EvoNetImageProcessor
 
 logger = logging.getLogger(__name__)
 

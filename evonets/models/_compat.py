@@ -31,4 +31,11 @@ try:
 except ImportError:  # transformers 4.x: the slow processors are the PIL/NumPy ones
     from transformers.image_processing_utils import BaseImageProcessor as ImageProcessorBase
 
-__all__ = ["BackboneConfigMixin", "BackboneMixin", "GradientCheckpointingLayer", "ImageProcessorBase", "PreTrainedConfig", "init"]
+__all__ = [
+    "BackboneConfigMixin",
+    "BackboneMixin",
+    "GradientCheckpointingLayer",
+    "ImageProcessorBase",
+    "PreTrainedConfig",
+    "init",
+]

@@ -34,7 +34,10 @@ class EvoNetSSD(nn.Module):
 
     # How `EvoNetSupernet` cuts this mixer out of a larger one (see `EvoNetSS2D.elastic_layout`).
     elastic_layout = {
-        "in_proj.weight": (("d_inner", "d_inner", "d_state", "d_state", "num_heads"), None),  # rows [z | x | B | C | dt]
+        "in_proj.weight": (
+            ("d_inner", "d_inner", "d_state", "d_state", "num_heads"),
+            None,
+        ),  # rows [z | x | B | C | dt]
         "conv.weight": (("d_inner", "d_state", "d_state"), None, None, None),  # channels [x | B | C]
         "conv.bias": (("d_inner", "d_state", "d_state"),),
     }

@@ -92,7 +92,6 @@ def build_mixer(config: EvoNetConfig, args: dict) -> nn.Module:
     return MIXERS[args["block_type"]].from_config(config, args)
 
 
-
 class EvoNetBlock(GradientCheckpointingLayer):
     """norm -> mixer -> (layer-scale, drop-path) residual -> norm -> MLP -> (layer-scale, drop-path) residual."""
 
@@ -302,7 +301,10 @@ class EvoNetBackbone(BackboneMixin, EvoNetPreTrainedModel):
         self.encoder = EvoNetEncoder(config)
         self.num_features = [config.hidden_sizes[0]] + list(config.hidden_sizes)
         self.hidden_states_norms = nn.ModuleDict(
-            {stage: EvoNetLayerNorm2d(channels, config.layer_norm_eps) for stage, channels in zip(self.out_features, self.channels)}
+            {
+                stage: EvoNetLayerNorm2d(channels, config.layer_norm_eps)
+                for stage, channels in zip(self.out_features, self.channels)
+            }
         )
         self.post_init()
 
@@ -326,7 +328,9 @@ class EvoNetBackbone(BackboneMixin, EvoNetPreTrainedModel):
             for stage, hidden_state in zip(self.stage_names, hidden_states)
             if stage in self.out_features
         )
-        output = BackboneOutput(feature_maps=feature_maps, hidden_states=hidden_states if output_hidden_states else None)
+        output = BackboneOutput(
+            feature_maps=feature_maps, hidden_states=hidden_states if output_hidden_states else None
+        )
         return output if return_dict else output.to_tuple()
 
 

@@ -62,6 +62,7 @@ def camera_rays(
     origins = np.broadcast_to(pose[:3, 3], directions.shape)
     return origins.astype(np.float32), directions.astype(np.float32)
 
+
 class EvoNetViewSynthesisConfig(EvoNetHeadConfig):
     r"""
     Configuration of an [`EvoNetForNovelViewSynthesis`]: an EvoNet backbone that encodes the source views and a

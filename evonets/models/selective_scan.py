@@ -294,9 +294,7 @@ class _FusedCpuScan(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_y):
-        grads = torch.ops.evonets_selective_scan.backward(
-            grad_y.contiguous(), *ctx.saved_tensors, ctx.delta_softplus
-        )
+        grads = torch.ops.evonets_selective_scan.backward(grad_y.contiguous(), *ctx.saved_tensors, ctx.delta_softplus)
         return (*grads, None)
 
 
