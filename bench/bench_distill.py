@@ -218,7 +218,10 @@ def measure_throughput(args, log) -> list[dict]:
 
 
 def run_ablation(args, log) -> dict:
-    from distill.ranking import (
+    from distill.trainer import train
+    from evonets.data.classification import load_data
+    from evonets.models.supernet import EvoNetSupernet
+    from search.ranking import (
         StandaloneRecipe,
         rank_correlations,
         sample_architectures,
@@ -226,9 +229,6 @@ def run_ablation(args, log) -> dict:
         standalone_scores,
         supernet_scores,
     )
-    from distill.trainer import train
-    from evonets.data.classification import load_data
-    from evonets.models.supernet import EvoNetSupernet
 
     results = {"variants": {}}
     supernet_dirs = {}

@@ -14,8 +14,8 @@ What it does, in one process:
    the digits validation split (180 images): `payload["arch"]` is an architecture encoding; with `payload["shard"]` /
    `payload["num_shards"]` only that contiguous slice of the images is evaluated; the result holds `accuracy`, `loss`
    and the number of images `count`. Built in:
-   - `ranking`: `distill.ranking.evaluate` of `supernet(x, arch=arch)` (validation accuracy with inherited weights);
-   - `search`: `search.evaluate.SupernetEvaluator`, what `search/run.py` runs (extracts the subnet, then accuracy,
+   - `ranking`: `search.ranking.evaluate` of `supernet(x, arch=arch)` (validation accuracy with inherited weights);
+   - `search`: `search.evaluators.SupernetEvaluator`, what `search/run.py` runs (extracts the subnet, then accuracy,
      loss, MACs and parameters).
    Any `module:function` with the same contract can be swapped in.
 3. Times, in alternating rounds (rotating order, fresh candidates every time, so every candidate is new to every
@@ -52,12 +52,12 @@ if str(REPO) not in sys.path:
 from _report import DOC_PATH, machine_description, write_section
 
 from distill.config import DataConfig
-from distill.ranking import evaluate as evaluate_model
-from distill.ranking import sample_architectures, validation_tensors
 from evonets.data.classification import load_data
 from evonets.models.search_space import EvoNetSupernetConfig
 from evonets.models.supernet import EvoNetSupernet
 from search.pool import EvaluationPool
+from search.ranking import evaluate as evaluate_model
+from search.ranking import sample_architectures, validation_tensors
 
 IMAGE_SIZE = 16
 RESOLUTIONS = [8, 16]
@@ -66,7 +66,7 @@ AGREEMENT_CANDIDATES = 6
 
 
 def ranking_evaluator(supernet_folder: str) -> Callable[[dict], dict]:
-    """Validation accuracy and loss of `payload["arch"]` with the supernet's weights (`distill.ranking.evaluate`)."""
+    """Validation accuracy and loss of `payload["arch"]` with the supernet's weights (`search.ranking.evaluate`)."""
     supernet = EvoNetSupernet.from_pretrained(supernet_folder).eval()
     pixel_values, labels = validation_tensors(load_data(DataConfig(source="digits"), image_size=IMAGE_SIZE))
 
@@ -81,9 +81,9 @@ def ranking_evaluator(supernet_folder: str) -> Callable[[dict], dict]:
 
 
 def search_evaluator(supernet_folder: str) -> Callable[[dict], dict]:
-    """`search.evaluate.SupernetEvaluator`, the search's fitness (extracted subnet: accuracy, loss, MACs, parameters),
+    """`search.evaluators.SupernetEvaluator`, the search's fitness (extracted subnet: accuracy, loss, MACs, parameters),
     scoring the validation slice the payload names."""
-    from search.evaluate import FitnessSpec, SupernetEvaluator
+    from search.evaluators import FitnessSpec, SupernetEvaluator
 
     evaluator = SupernetEvaluator(FitnessSpec(supernet=supernet_folder, data={"source": "digits"}))
     pixel_values, labels = evaluator.pixel_values, evaluator.labels
@@ -281,8 +281,8 @@ def render(reports: dict[str, dict], args: argparse.Namespace) -> str:
             f"{workers} worker processes of `search.pool.EvaluationPool`, 1 torch thread each; a random-init "
             f"`EvoNetSupernetConfig.tiny(resolution_choices=[8, 16])` supernet; digits validation split (180 images); "
             f"{args.rounds} alternating round(s) of {args.candidates} fresh random candidates per mode, after a "
-            f"warm-up. Evaluators: `ranking` = `distill.ranking.evaluate` of the supernet forward; `search` = "
-            f"`search.evaluate.SupernetEvaluator` (extracts the subnet; accuracy, loss, MACs, parameters). *Measured* "
+            f"warm-up. Evaluators: `ranking` = `search.ranking.evaluate` of the supernet forward; `search` = "
+            f"`search.evaluators.SupernetEvaluator` (extracts the subnet; accuracy, loss, MACs, parameters). *Measured* "
             f"is wall clock; the *CPU model* gives what idle cores would do, from the workers' CPU time per "
             f"evaluation, which other jobs on the machine hardly change: DMMPE {workers} / (CPU time of a candidate), "
             f"data-parallel 1 / (CPU time of a candidate's slower slice)."

@@ -7,7 +7,7 @@ What it does, all in one process and one run so that machine noise hits every mo
 
 1. Builds the baselines from `transformers` configs, without weights: DeiT-tiny (ViT, 192 wide, 12 layers, 3 heads),
    ConvNeXtV2-atto and -nano, PVTv2-b0 and Swin-tiny; and the three EvoNets of `EVONET_CONFIGS`.
-2. Counts parameters and MACs with `evonets.profiling` (the project's one MAC definition: matmuls and convs,
+2. Counts parameters and MACs with `evonets.deploy.profiling` (the project's one MAC definition: matmuls and convs,
    SDPA included, plus the SS2D scans' state updates counted analytically).
 3. Times `model(pixel_values)` under `torch.inference_mode` in eval mode: a warm-up, then interleaved rounds
    (each round runs every model, in a rotating order, one untimed call then `--per-round` timed calls), and reports
@@ -60,9 +60,9 @@ from transformers import (
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _report
 
+from evonets.deploy.profiling import count_macs, count_parameters
 from evonets.models.mixer_ss2d import EvoNetSelectiveScan
 from evonets.models.modeling_evonet import EvoNetBlock
-from evonets.profiling import count_macs, count_parameters
 
 THREADS = 2
 IMAGE_SIZE = 224
@@ -606,7 +606,7 @@ def render(
         ),
         "",
         (
-            "MACs are `evonets.profiling.count_macs`: matmuls and convolutions (attention's `QKᵀ` and `PV` included), "
+            "MACs are `evonets.deploy.profiling.count_macs`: matmuls and convolutions (attention's `QKᵀ` and `PV` included), "
             "plus each SS2D scan's state updates and read-outs (`2 * 4 * d_inner * H * W * d_state`) counted analytically; "
             "norms, activations and elementwise ops are free. Achieved GFLOP/s = 2 * MACs / median time."
         ),

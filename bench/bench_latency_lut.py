@@ -12,7 +12,7 @@ For every setting (a search space and `LatencySettings`), in one process:
    with random weights (latency does not depend on them) and compares them with `predict_ms`: median, mean and 90th
    percentile of the absolute relative error.
 3. Two baselines on the same architectures: the sum of the entries without the calibration, and a MAC model
-   (`evonets.profiling.count_macs`, the project's MAC count, SS2D scans included), `scale * MACs + offset`
+   (`evonets.deploy.profiling.count_macs`, the project's MAC count, SS2D scans included), `scale * MACs + offset`
    fitted the same way on the same calibration networks.
 4. Prints the markdown and writes it to `docs/benchmarks.md` between `<!-- latency-lut:start -->` and
    `<!-- latency-lut:end -->` under `## Latency look-up table`, leaving the rest of the file alone.
@@ -46,10 +46,10 @@ from _report import DOC_PATH, machine_description, write_section
 
 from distill.config import SupernetSettings
 from distill.trainer import build_space_config
+from evonets.deploy.profiling import count_macs
 from evonets.models.modeling_evonet import EvoNetForImageClassification
 from evonets.models.search_space import EvoNetSupernetConfig
 from evonets.models.supernet import EvoNetSupernet
-from evonets.profiling import count_macs
 from search.latency import CALIBRATION_NETWORKS, Calibration, LatencySettings, LatencyTable, lut_error
 
 SECTION_NAME, SECTION_TITLE = "latency-lut", "Latency look-up table"

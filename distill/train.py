@@ -33,7 +33,7 @@ def parse_config(
     argv: list[str] | None = None, prog: str = "distill/train.py", description: str = __doc__
 ) -> DistillConfig:
     """The `DistillConfig` of a command line (YAML + dotted overrides), validated."""
-    from distill.cli import parse_config as parse
+    from evonets.engine.cli import parse_config as parse
 
     return parse(DistillConfig, argv, prog, description, section=SECTION)
 

@@ -7,7 +7,7 @@ model with an EvoNet backbone such as transformers' `UperNetForSemanticSegmentat
 (`EvoNetForNovelViewSynthesis`: source images of `image_size`, poses, intrinsics, target rays, near / far), which are
 then the ONNX inputs. It reuses the project's two pieces rather than re-doing them:
 
-- `evonets.onnx_export.export_onnx`: the export (free batch axis), run in onnxruntime on random inputs at two batch
+- `evonets.deploy.onnx_export.export_onnx`: the export (free batch axis), run in onnxruntime on random inputs at two batch
   sizes and compared with PyTorch output by output (`OnnxCheckError` beyond `atol`);
 - `search.latency.measure_latency` with `LatencySettings(backend="onnxruntime")`: the latency of the model in an
   onnxruntime session (it exports its own fixed-shape copy of the same model), stamped with the device fingerprint.
@@ -63,7 +63,7 @@ def export_pretrained(
         A JSON-able dict: the export (exporter, opset, names, traced shape, batch sizes checked, largest difference
         per output) and the onnxruntime latency (median, quartiles, IQR, fingerprint) with its fingerprint key.
     """
-    from evonets.onnx_export import export_onnx
+    from evonets.deploy.onnx_export import export_onnx
     from search.latency import LatencySettings, fingerprint_key, measure_latency
 
     settings = latency if latency is not None else LatencySettings(backend="onnxruntime")

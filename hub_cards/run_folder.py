@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from search.archive import JsonlArchive
+from evonets.engine.archive import JsonlArchive
 
 logger = logging.getLogger(__name__)
 

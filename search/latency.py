@@ -6,7 +6,7 @@ Measurement
 
 - backend `"torch"`: PyTorch eager, in eval mode under `torch.inference_mode`, with the selective-scan backend that
   `"auto"` picks here (the fused CPU kernel when it builds);
-- backend `"onnxruntime"`: the model exported by `evonets.onnx_export.export_onnx` (fixed shapes, the pure-PyTorch
+- backend `"onnxruntime"`: the model exported by `evonets.deploy.onnx_export.export_onnx` (fixed shapes, the pure-PyTorch
   chunked scan) and run in an onnxruntime session (`OnnxRuntimeModel`).
 
 `warmup` untimed calls, then `repeats` calls timed one by one, with Python's garbage collector paused (as `timeit`
@@ -81,11 +81,11 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedConfig
 
 import evonets
+from evonets.deploy.onnx_export import EXPORT_SCAN_BACKEND, OnnxRuntimeModel, export_mode, export_onnx
 from evonets.models.configuration_evonet import BLOCK_TYPES
 from evonets.models.modeling_evonet import EvoNetDownsample, EvoNetForImageClassification
 from evonets.models.search_space import BLOCK_TYPE_GENES, EvoNetSupernetConfig, SearchSpace, format_number
 from evonets.models.selective_scan import _resolve_backend
-from evonets.onnx_export import EXPORT_SCAN_BACKEND, OnnxRuntimeModel, export_mode, export_onnx
 
 if TYPE_CHECKING:
     from evonets.models.supernet import EvoNetSupernet

@@ -7,7 +7,7 @@
 
 `n` architectures are sampled from the supernet's search space (distinct, seeded). Each gets
 
-- its **supernet fitness**, computed by the search's own evaluator (`search.evaluate.SupernetEvaluator`): validation
+- its **supernet fitness**, computed by the search's own evaluator (`search.evaluators.SupernetEvaluator`): validation
   accuracy with the supernet's inherited weights (the search's error is 1 - accuracy), ties broken by the lower
   validation cross-entropy (EvoNet has no BatchNorm; a space with BatchNorm would get the evaluator's
   recalibration), plus the subnet's parameters and MACs;
@@ -51,7 +51,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from distill.config import DataConfig
-from distill.ranking import (
+from evonets.data.classification import DistillData, load_data
+from search.ranking import (
     RANKINGS,
     StandaloneRecipe,
     rank_correlations,
@@ -61,7 +62,6 @@ from distill.ranking import (
     standalone_scores,
     train_standalone,
 )
-from evonets.data.classification import DistillData, load_data
 
 logger = logging.getLogger(__name__)
 
@@ -239,7 +239,7 @@ def run(config: RankCheckConfig) -> dict:
 
 
 def _run(config: RankCheckConfig) -> dict:
-    from search.evaluate import FitnessSpec, SupernetEvaluator
+    from search.evaluators import FitnessSpec, SupernetEvaluator
 
     space = load_space_config(config.supernet).search_space
     if config.n > space.cardinality():
@@ -530,7 +530,7 @@ def plot_scatter(report: dict, path: Path) -> None:
 def parse_config(argv: list[str] | None = None) -> RankCheckConfig:
     """The `RankCheckConfig` of a command line (YAML + dotted overrides; a file's `rank_check:` section when it has
     one), validated (errors exit with a message)."""
-    from distill.cli import parse_config as parse
+    from evonets.engine.cli import parse_config as parse
 
     return parse(RankCheckConfig, argv, "search/rank_check.py", __doc__, section=SECTION)
 

@@ -75,9 +75,9 @@ def standalone_check(folder: Path, data_config, image_size: int, expected_accura
     """Reload `folder` with `from_pretrained` and score it on validation (and test, when there is one), with the
     fitness's preprocessing: images loaded at `image_size` (the supernet's largest resolution), resized to the
     model's."""
-    from distill.ranking import evaluate, validation_tensors
     from evonets import EvoNetForImageClassification
     from evonets.data.classification import load_data
+    from search.ranking import evaluate, validation_tensors
 
     model = EvoNetForImageClassification.from_pretrained(folder).eval()
     resolution = int(model.config.arch_encoding.split("-")[0][1:])  # the encoding starts with r<resolution>

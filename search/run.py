@@ -29,14 +29,14 @@ from search.config import SearchConfig
 
 
 def build_parser():
-    from distill.cli import build_parser
+    from evonets.engine.cli import build_parser
 
     return build_parser(SearchConfig, "search/run.py", __doc__)
 
 
 def parse_config(argv: list[str] | None = None) -> SearchConfig:
     """The `SearchConfig` of a command line (YAML + dotted overrides), validated."""
-    from distill.cli import parse_config
+    from evonets.engine.cli import parse_config
 
     return parse_config(SearchConfig, argv, "search/run.py", __doc__)
 

@@ -29,9 +29,10 @@ from pathlib import Path
 
 import yaml
 
-from .archive import JsonlArchive
+from evonets.engine.archive import JsonlArchive
+from search.evaluators import FitnessSpec, make_evaluator
+
 from .config import SearchConfig
-from .evaluate import FitnessSpec, make_evaluator
 from .evolution import Evolution
 from .latency import space_config_hash
 from .pareto import add_to_front, hypervolume, pareto_indices
@@ -143,8 +144,8 @@ def reference_point(config: SearchConfig, space, oracle: LatencyOracle, supernet
         return {name: float(config.search.reference_point[name]) for name in config.search.objectives}
     import torch
 
+    from evonets.deploy.profiling import count_macs, count_parameters
     from evonets.models.configuration_evonet import BLOCK_TYPES
-    from evonets.profiling import count_macs, count_parameters
 
     worst = {"error": 1.0, "latency_ms": 0.0, "macs": 0.0, "params": 0.0}
     for block_type in BLOCK_TYPES:

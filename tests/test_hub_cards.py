@@ -425,7 +425,7 @@ def test_push_without_token_or_offline_says_what_to_do(built_run, tmp_path, env,
 
 
 def test_onnx_export_matches_pytorch_goes_on_the_card_and_is_pushed(run_dir, fake_hub):
-    from evonets.onnx_export import OnnxRuntimeModel
+    from evonets.deploy.onnx_export import OnnxRuntimeModel
 
     member = min(_pareto(run_dir)["front"], key=lambda member: member["metrics"]["macs"])  # the quickest to export
     folder = run_dir / "models" / member["hash"]
@@ -485,8 +485,8 @@ def test_export_a_task_model_with_a_searched_backbone(quickstart_run, tmp_path):
     """A UperNet (transformers) whose EvoNet backbone is a searched front member: exported, checked, timed."""
     from transformers import UperNetConfig, UperNetForSemanticSegmentation
 
+    from evonets.deploy.onnx_export import OnnxRuntimeModel
     from evonets.models.task_backbone import backbone_config, load_backbone_weights
-    from evonets.onnx_export import OnnxRuntimeModel
 
     member = min(_pareto(quickstart_run / "search")["front"], key=lambda member: member["metrics"]["macs"])
     source = quickstart_run / "search" / "models" / member["hash"]
@@ -535,7 +535,7 @@ def test_export_our_heads_with_a_searched_backbone(quickstart_run, tmp_path, hea
 def test_export_novel_view_synthesis_with_its_camera_inputs(tmp_path):
     """A model whose inputs are cameras and rays, not pixel_values: exported with its `example_inputs` as named ONNX
     inputs, checked at two batch sizes, timed in onnxruntime on the same inputs."""
-    from evonets.onnx_export import OnnxRuntimeModel
+    from evonets.deploy.onnx_export import OnnxRuntimeModel
 
     backbone = evonets.EvoNetConfig(
         patch_size=4, depths=[1, 1], hidden_sizes=[16, 32], block_types=["conv", "attention"], mlp_ratios=2.0,

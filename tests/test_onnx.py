@@ -1,4 +1,4 @@
-"""ONNX export (`evonets.onnx_export`): every block type and whole mixed EvoNets match PyTorch in onnxruntime."""
+"""ONNX export (`evonets.deploy.onnx_export`): every block type and whole mixed EvoNets match PyTorch in onnxruntime."""
 
 import sys
 
@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import evonets
+from evonets.deploy.onnx_export import OnnxCheckError, OnnxRuntimeModel, compare_with_pytorch, export_onnx
 from evonets.models import mixer_ss2d
 from evonets.models.mixer_ss2d import EvoNetSelectiveScan
 from evonets.models.selective_scan import TORCH_CHUNK_SIZE, selective_scan
-from evonets.onnx_export import OnnxCheckError, OnnxRuntimeModel, compare_with_pytorch, export_onnx
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")

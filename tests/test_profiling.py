@@ -1,4 +1,4 @@
-"""MAC and parameter counting (`evonets.profiling`): every figure is checked against a hand computation."""
+"""MAC and parameter counting (`evonets.deploy.profiling`): every figure is checked against a hand computation."""
 
 import importlib
 
@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 import evonets
+from evonets.deploy.profiling import SCAN_KEY, count_macs, count_parameters
 from evonets.models.mixer_ss2d import EvoNetSelectiveScan, EvoNetSS2D
-from evonets.profiling import SCAN_KEY, count_macs, count_parameters
 
 SCAN_BACKENDS = ("reference", "torch", "cpu_fused")
 

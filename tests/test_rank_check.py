@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from distill.config import DataConfig
-from distill.ranking import ranking_scores, seed_ceiling
 from search.rank_check import RankCheckConfig, main, resolve_data_config
+from search.ranking import ranking_scores, seed_ceiling
 
 FAST = ["--standalone.steps", "3", "--standalone.warmup_steps", "1", "--standalone_seeds", "2", "--top_k", "2"]
 
@@ -26,12 +26,12 @@ def supernet_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def cli_run(supernet_dir, tmp_path_factory):
     """One CLI run (n = 4, 2 seeds) with the test split removed from the digits data and every scored batch recorded."""
-    import distill.ranking
     import evonets.data.digits
+    import search.ranking
 
     output_dir = tmp_path_factory.mktemp("rank_check")
     load_digits = evonets.data.digits.load_digits_dataset
-    evaluate = distill.ranking.evaluate
+    evaluate = search.ranking.evaluate
     scored = []
 
     def without_test_split(*args, **kwargs):
@@ -45,7 +45,7 @@ def cli_run(supernet_dir, tmp_path_factory):
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(evonets.data.digits, "load_digits_dataset", without_test_split)
-        patch.setattr(distill.ranking, "evaluate", recording_evaluate)
+        patch.setattr(search.ranking, "evaluate", recording_evaluate)
         argv = ["--supernet", str(supernet_dir), "--n", "4", "--data.source", "digits", "--progress_bar", "false"]
         report = main(argv + FAST + ["--output_dir", str(output_dir)])
     return report, output_dir, scored
@@ -80,9 +80,9 @@ def test_cli_writes_json_markdown_and_scatter(cli_run):
 
 
 def test_supernet_scores_come_from_the_validation_split(cli_run):
-    from distill.ranking import validation_tensors
     from evonets.data.classification import load_data
     from evonets.data.digits import load_digits_dataset
+    from search.ranking import validation_tensors
 
     report, _, scored = cli_run
     validation_pixels, validation_labels = validation_tensors(load_data(DataConfig(source="digits"), image_size=16))

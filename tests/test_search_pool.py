@@ -60,10 +60,10 @@ def make_failing_evaluator():
 def make_supernet_evaluator(folder: str):
     """Validation accuracy and loss on digits of `payload["arch"]` (an encoding) with the supernet's weights."""
     from distill.config import DataConfig
-    from distill.ranking import evaluate as evaluate_model
-    from distill.ranking import validation_tensors
     from evonets.data.classification import load_data
     from evonets.models.supernet import EvoNetSupernet
+    from search.ranking import evaluate as evaluate_model
+    from search.ranking import validation_tensors
 
     supernet = EvoNetSupernet.from_pretrained(folder).eval()
     pixel_values, labels = validation_tensors(load_data(DataConfig(source="digits"), image_size=16))

@@ -6,8 +6,8 @@ import random
 import numpy as np
 import pytest
 
+from evonets.engine.archive import JsonlArchive
 from evonets.models.search_space import EvoNetSupernetConfig
-from search.archive import JsonlArchive
 from search.config import Constraint, SearchConfig
 from search.evolution import Evolution, optimizer_class
 from search.pareto import add_to_front, dominates, hypervolume, pareto_indices
@@ -178,7 +178,7 @@ def test_every_gene_choice_is_reachable():
 def test_batchnorm_recalibration_re_estimates_running_statistics():
     import torch
 
-    from search.evaluate import recalibrate_batchnorm
+    from search.evaluators import recalibrate_batchnorm
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)).eval()

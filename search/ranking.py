@@ -111,9 +111,8 @@ def train_standalone(space, arch: dict, data: DistillData, recipe: StandaloneRec
     """Train `arch` from scratch with `recipe` on the train split; its validation accuracy and loss."""
     from transformers import get_cosine_schedule_with_warmup
 
+    from distill.trainer import parameter_groups
     from evonets import EvoNetForImageClassification
-
-    from .trainer import parameter_groups
 
     torch.manual_seed(recipe.seed)
     model = EvoNetForImageClassification(space.to_config(arch)).train()

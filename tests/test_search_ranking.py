@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from distill.ranking import (
+from evonets.models.search_space import EvoNetSupernetConfig
+from search.ranking import (
     StandaloneRecipe,
     evaluate,
     rank_correlations,
@@ -13,7 +14,6 @@ from distill.ranking import (
     seed_ceiling,
     standalone_scores,
 )
-from evonets.models.search_space import EvoNetSupernetConfig
 
 
 def test_sampled_architectures_are_distinct_and_reproducible():
@@ -54,7 +54,7 @@ def test_evaluate_reports_accuracy_and_loss():
 
 
 def test_standalone_scores_average_seeds_and_use_the_cache(tmp_path, monkeypatch):
-    from distill import ranking
+    from search import ranking
 
     space = EvoNetSupernetConfig.tiny(num_labels=10).search_space
     archs = sample_architectures(space, 2, seed=0)

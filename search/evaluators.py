@@ -3,7 +3,7 @@
 `make_evaluator(spec)` runs once inside each evaluation worker (a process of the DMMPE pool, or a rank): it loads
 the supernet and the **validation** split (the test split is never read by the search) and returns
 `evaluate({"encoding": ...}) -> {"accuracy", "loss", "macs", "params"}`. The candidate is extracted as a standalone
-model (`supernet.extract`, exact: its logits equal the supernet's), so accuracy, MACs (`evonets.profiling`, the one
+model (`supernet.extract`, exact: its logits equal the supernet's), so accuracy, MACs (`evonets.deploy.profiling`, the one
 definition, including the SS2D scan) and parameters are those of the network that would be shipped.
 
 BatchNorm: EvoNet blocks have none (LayerNorm only), so inherited weights need no recalibration. Should a space ever
@@ -73,9 +73,9 @@ class SupernetEvaluator:
 
     def __init__(self, spec: FitnessSpec):
         from distill.config import DataConfig
-        from distill.ranking import validation_tensors
         from evonets.data.classification import load_data
         from evonets.models.supernet import EvoNetSupernet
+        from search.ranking import validation_tensors
 
         self.spec = spec
         self.supernet = EvoNetSupernet.from_pretrained(spec.supernet).eval()
@@ -91,8 +91,8 @@ class SupernetEvaluator:
         self.pixel_values, self.labels = validation_tensors(self.data)
 
     def __call__(self, payload: dict) -> dict:
-        from distill.ranking import evaluate
-        from evonets.profiling import count_macs, count_parameters
+        from evonets.deploy.profiling import count_macs, count_parameters
+        from search.ranking import evaluate
 
         arch = self.space.decode(payload["encoding"])
         resolution = arch["resolution"]
