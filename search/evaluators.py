@@ -16,13 +16,13 @@ so results are cached across runs per key.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from evonets.engine.identity import files_digest
 
 
 @dataclass
@@ -36,13 +36,7 @@ class FitnessSpec:
 
     def key(self) -> str:
         """Hash of the supernet weights and the data settings: equal keys give equal fitness."""
-        digest = hashlib.sha256()
-        for name in sorted(Path(self.supernet).glob("*.safetensors")):
-            with open(name, "rb") as handle:
-                for chunk in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(chunk)
-        digest.update(json.dumps({"data": self.data}, sort_keys=True).encode())
-        return digest.hexdigest()[:16]
+        return files_digest(sorted(Path(self.supernet).glob("*.safetensors")), {"data": self.data})
 
 
 def recalibrate_batchnorm(model: nn.Module, batches) -> int:

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
+
+from evonets.engine.archive import write_json_atomic
 
 RANDOM_SEARCH = "RandomSearch"
 
@@ -114,13 +115,7 @@ class Evolution:
             "asked": asked,
             "random_state": [name, keys.tolist(), int(position), int(has_gauss), float(cached)],
         }
-        path = Path(path)
-        temporary = path.with_suffix(".tmp")
-        with open(temporary, "w") as handle:
-            json.dump(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
+        write_json_atomic(path, state)
 
     def load_state(self, path: str | Path) -> int:
         """Restore the random state saved by `save_state`; the ask count it recorded (0 without a file)."""

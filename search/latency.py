@@ -57,7 +57,6 @@ import contextlib
 import ctypes
 import dataclasses
 import gc
-import hashlib
 import itertools
 import json
 import logging
@@ -82,6 +81,8 @@ from transformers import PreTrainedConfig
 
 import evonets
 from evonets.deploy.onnx_export import EXPORT_SCAN_BACKEND, OnnxRuntimeModel, export_mode, export_onnx
+from evonets.engine.archive import write_json_atomic
+from evonets.engine.identity import digest
 from evonets.models.configuration_evonet import BLOCK_TYPES
 from evonets.models.modeling_evonet import EvoNetDownsample, EvoNetForImageClassification
 from evonets.models.search_space import BLOCK_TYPE_GENES, EvoNetSupernetConfig, SearchSpace, format_number
@@ -230,7 +231,7 @@ def device_fingerprint(settings: LatencySettings) -> dict:
 
 def fingerprint_key(fingerprint: dict) -> str:
     """A short stable id of a fingerprint: 12 hex digits of the SHA-256 of its canonical JSON."""
-    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode("utf-8")).hexdigest()[:12]
+    return digest(fingerprint)
 
 
 def space_config_hash(space_config: EvoNetSupernetConfig) -> str:
@@ -243,7 +244,7 @@ def space_config_hash(space_config: EvoNetSupernetConfig) -> str:
         if item.name not in inherited
     }
     fields["num_labels"] = space_config.num_labels
-    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode("utf-8")).hexdigest()[:12]
+    return digest(fields)
 
 
 # Measurement --------------------------------------------------------------------------------------------------------
@@ -759,11 +760,7 @@ class LatencyTable:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the table as JSON (atomically: a reader never sees half a file)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        temporary.write_text(json.dumps(self.to_dict(), indent=1))
-        os.replace(temporary, path)
+        write_json_atomic(path, self.to_dict(), indent=1)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> LatencyTable:

@@ -40,7 +40,6 @@ if __package__ in (None, ""):  # run as a script: drop search/ from the path, ma
     sys.path.append(str(_here.parent))
 
 import functools
-import hashlib
 import json
 import logging
 import resource
@@ -52,6 +51,7 @@ import torch
 
 from distill.config import DataConfig
 from evonets.data.classification import DistillData, load_data
+from evonets.engine.identity import digest
 from search.ranking import (
     RANKINGS,
     StandaloneRecipe,
@@ -210,9 +210,7 @@ def cache_path(config: RankCheckConfig, data_config: DataConfig, space_config) -
     share architectures share their results."""
     network = {name: getattr(space_config, name) for name in space_config.network_fields()}
     identity = {"data": asdict(data_config), "network": network, "num_labels": space_config.num_labels}
-    identity = json.dumps(identity, sort_keys=True)
-    digest = hashlib.sha256(identity.encode()).hexdigest()[:10]
-    return Path(config.cache_dir or config.output_dir).expanduser() / f"standalone_{digest}.json"
+    return Path(config.cache_dir or config.output_dir).expanduser() / f"standalone_{digest(identity, length=10)}.json"
 
 
 @functools.lru_cache(maxsize=1)

@@ -14,7 +14,6 @@ reuse both the harness and its cache.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import random
@@ -30,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from evonets.data.classification import DistillData, EpochShuffleSampler, collate, resize_batch
+from evonets.engine.identity import digest
 
 # The orders in which architectures can be ranked (see `ranking_scores`).
 RANKINGS = ("fitness", "accuracy", "loss")
@@ -58,7 +58,7 @@ class StandaloneRecipe:
     """Seed of initialisation and data order."""
 
     def key(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
+        return digest(asdict(self), length=10)
 
 
 def sample_architectures(space, count: int, seed: int = 0) -> list[dict]:

@@ -58,4 +58,17 @@ class JsonlArchive:
             os.fsync(handle.fileno())
 
 
-__all__ = ["JsonlArchive"]
+def write_json_atomic(path: str | Path, value, indent: int | None = None) -> None:
+    """Write `value` as JSON so that a reader (or the next run after a kill) sees the old file or the new one, never
+    half of one: a temporary file beside it, fsynced, then renamed over it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(temporary, "w", encoding="utf-8") as handle:
+        json.dump(value, handle, indent=indent)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+__all__ = ["JsonlArchive", "write_json_atomic"]
