@@ -10,7 +10,6 @@ import os
 import platform
 import re
 import statistics
-import sys
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
@@ -25,8 +24,6 @@ import torch
 import transformers
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # the benchmarks run as scripts from bench/
-    sys.path.insert(0, str(REPO))
 
 from search.latency import cpu_model  # one definition, also in every latency fingerprint
 

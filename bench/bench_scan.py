@@ -21,8 +21,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _report import DOC_PATH, machine_description, write_section
 
 from evonets.models.selective_scan import available_backends, selective_scan

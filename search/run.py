@@ -17,14 +17,6 @@ member as an `EvoNetForImageClassification` folder), `summary.md`, `run.json`, `
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script: drop search/ from the path, make the repository importable
-    _here = Path(__file__).resolve().parent
-    sys.path = [p for p in sys.path if Path(p or ".").resolve() != _here]
-    sys.path.append(str(_here.parent))
-
 from search.config import SearchConfig
 
 

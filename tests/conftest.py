@@ -4,32 +4,45 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
 from evonets.data.paths import shared_data_dir
 
-# Prepended to every `without_evonets` script: a user who has only transformers, not our package.
-HIDE_EVONETS = """
+REPOSITORY = str(Path(__file__).resolve().parents[1])
+
+# Prepended to every `without_evonets` script: a user who has only transformers, not this repository. Every entry of
+# sys.path that could reach the checkout (the repository and its folders, the editable install's finder) is scrubbed, and a
+# finder refuses our four packages in case anything else still reaches them.
+HIDE_EVONETS = f"""
 import importlib.abc
 import sys
 
+REPOSITORY = {str(REPOSITORY)!r}
+OUR_PACKAGES = ("evonets", "distill", "search", "hub_cards")
+sys.path[:] = [
+    entry for entry in sys.path
+    if "site-packages" in entry or not (entry or ".").startswith(REPOSITORY)  # a virtualenv inside the checkout stays
+]
+sys.meta_path[:] = [finder for finder in sys.meta_path if "__editable__" not in getattr(finder, "__module__", "")]
 
-class HideEvoNets(importlib.abc.MetaPathFinder):
+
+class HideOurPackages(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
-        if name == "evonets" or name.startswith("evonets."):
-            raise ModuleNotFoundError(f"No module named {name!r} (hidden by the test)")
+        if name.split(".")[0] in OUR_PACKAGES:
+            raise ModuleNotFoundError(f"No module named {{name!r}} (hidden by the test)")
         return None
 
 
-sys.meta_path.insert(0, HideEvoNets())
-try:
-    import evonets  # noqa: F401
-except ModuleNotFoundError:
-    pass
-else:
-    raise SystemExit("evonets is still importable")
-
+sys.meta_path.insert(0, HideOurPackages())
+for package in OUR_PACKAGES:
+    try:
+        __import__(package)
+    except ModuleNotFoundError:
+        pass
+    else:
+        raise SystemExit(f"{{package}} is still importable")
 """
 
 

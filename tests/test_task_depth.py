@@ -404,3 +404,21 @@ def test_zoom_crops_keep_depth_values_and_stay_in_the_training_columns(frames):
         DepthFramesDataset(small, columns=(0.0, 0.75), crop_size=(32, 32), num_samples=4, scale_range=(0.5, 1.5))
     with pytest.raises(ValueError, match="scale_range"):
         DepthFramesDataset(small, columns=(0.0, 0.75), scale_range=(0.5, 1.0))
+
+
+def test_random_crops_are_the_same_in_any_number_of_loader_workers(frames):
+    """The item's own generator decides its crop (evonets.data.augmentation): with a generator on the dataset, each
+    worker process drew from its own copy and the crops depended on `num_workers`."""
+    small = [resize_frame(frame, 60, 80) for frame in frames]
+    train = DepthFramesDataset(small, columns=(0.0, 0.75), crop_size=(16, 16), num_samples=8, horizontal_flip=True,
+                               color_jitter=0.1, seed=3)  # fmt: skip
+
+    def crops(num_workers: int) -> torch.Tensor:
+        loader = torch.utils.data.DataLoader(train, batch_size=4, num_workers=num_workers, collate_fn=collate_depth)
+        return torch.cat([batch["pixel_values"] for batch in loader])
+
+    in_process = crops(0)
+    assert len({item.numpy().tobytes() for item in in_process}) == 8  # every item its own crop
+    torch.testing.assert_close(crops(2), in_process, rtol=0, atol=0)
+    train.set_epoch(1)
+    assert not torch.equal(crops(0), in_process)  # a new epoch draws new crops

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from evonets.data.augmentation import SeededAugmentation
 from evonets.data.paths import shared_data_dir
 from evonets.models.image_processing_evonet import EvoNetImageProcessor
 
@@ -141,7 +142,7 @@ def column_mask(width: int, columns: tuple[float, float]) -> np.ndarray:
     return mask
 
 
-class DepthFramesDataset(torch.utils.data.Dataset):
+class DepthFramesDataset(SeededAugmentation, torch.utils.data.Dataset):
     r"""
     Items `{"pixel_values": (3, h, w) float, "labels": (h, w) float metres, 0 = invalid}` from RGB-D frames, whose
     labels come only from the columns `columns` (fractions of the width) of each frame, e.g. (0, 0.75) for the left
@@ -210,7 +211,7 @@ class DepthFramesDataset(torch.utils.data.Dataset):
         self.horizontal_flip = horizontal_flip
         self.color_jitter = color_jitter
         self.min_valid_fraction = min_valid_fraction
-        self.rng = np.random.default_rng(seed)
+        self.seed = seed
 
     def __len__(self) -> int:
         return self.num_samples
@@ -220,21 +221,21 @@ class DepthFramesDataset(torch.utils.data.Dataset):
             raise IndexError(f"index {index} is out of range for {self.num_samples} items.")
         if self.crop_size is None:
             return {"pixel_values": self.pixel_values[index], "labels": self.depths[index]}
-        return self._random_crop()
+        return self._random_crop(self.item_rng(index % self.num_samples))
 
-    def _random_crop(self) -> dict[str, torch.Tensor]:
+    def _random_crop(self, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         output_size = self.crop_size
         crop_height, crop_width = output_size
         if self.scale_range is not None:
-            scale = float(self.rng.uniform(*self.scale_range))
+            scale = float(rng.uniform(*self.scale_range))
             crop_height, crop_width = max(1, round(scale * crop_height)), max(1, round(scale * crop_width))
-        frame = int(self.rng.integers(len(self.depths)))
+        frame = int(rng.integers(len(self.depths)))
         depth = self.depths[frame]
         start, stop = self.regions[frame]
         best = None
         for _ in range(20):
-            top = int(self.rng.integers(depth.shape[0] - crop_height + 1))
-            left = int(self.rng.integers(start, stop - crop_width + 1))
+            top = int(rng.integers(depth.shape[0] - crop_height + 1))
+            left = int(rng.integers(start, stop - crop_width + 1))
             valid_fraction = float((depth[top : top + crop_height, left : left + crop_width] > 0).float().mean())
             if best is None or valid_fraction > best[0]:
                 best = (valid_fraction, top, left)
@@ -246,12 +247,12 @@ class DepthFramesDataset(torch.utils.data.Dataset):
         if labels.shape != output_size:
             pixel_values = F.interpolate(pixel_values[None], size=output_size, mode="bilinear", align_corners=False)[0]
             labels = F.interpolate(labels[None, None], size=output_size, mode="nearest-exact")[0, 0]
-        if self.horizontal_flip and self.rng.random() < 0.5:
+        if self.horizontal_flip and rng.random() < 0.5:
             pixel_values, labels = pixel_values.flip(-1), labels.flip(-1)
         if self.color_jitter > 0:
             jitter = self.color_jitter
-            gain = torch.from_numpy(self.rng.uniform(1 - jitter, 1 + jitter, (pixel_values.shape[0], 1, 1)))
-            pixel_values = pixel_values * gain.float() + float(self.rng.uniform(-jitter, jitter))
+            gain = torch.from_numpy(rng.uniform(1 - jitter, 1 + jitter, (pixel_values.shape[0], 1, 1)))
+            pixel_values = pixel_values * gain.float() + float(rng.uniform(-jitter, jitter))
         return {"pixel_values": pixel_values, "labels": labels}
 
 

@@ -28,7 +28,6 @@ import contextlib
 import io
 import json
 import logging
-import random
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -36,6 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+from evonets.data.augmentation import SeededAugmentation
 
 if TYPE_CHECKING:
     import datasets
@@ -277,25 +278,26 @@ def coco_annotations(image_id: int, objects: Mapping[str, list]) -> dict[str, An
     }
 
 
-class DetectionPreprocessor:
+class DetectionPreprocessor(SeededAugmentation):
     """A `Dataset.with_transform` function: rows -> `pixel_values` (3, H, W) and RT-DETR `labels`.
 
     The image processor (e.g. `RTDetrImageProcessorPil(size={"height": 256, "width": 256}, do_normalize=True)`)
     resizes, rescales and normalises the image and turns the boxes into normalised `(cx, cy, w, h)`; crowd / difficult
     objects are left out of the targets. With `augment=True` each image is flipped left-right with probability 1/2
-    (boxes flipped with it), drawn from a generator seeded with `seed`.
+    (boxes flipped with it), drawn from the item's own generator (`evonets.data.augmentation`), keyed by the row's
+    `image_id`: a `with_transform` function sees rows, not positions. Call `set_epoch` for new draws per epoch.
     """
 
     def __init__(self, image_processor, augment: bool = False, seed: int = 0):
         self.image_processor = image_processor
         self.augment = augment
-        self._rng = random.Random(seed)
+        self.seed = seed
 
     def __call__(self, batch: dict[str, list]) -> dict[str, Any]:
         images, annotations = [], []
         for image_id, image, objects in zip(batch["image_id"], batch["image"], batch["objects"]):
             image = image.convert("RGB")
-            if self.augment and self._rng.random() < 0.5:
+            if self.augment and self.item_rng(image_id).random() < 0.5:
                 image, objects = _flip_left_right(image, objects)
             images.append(image)
             annotations.append(coco_annotations(image_id, objects))

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from evonets.data.augmentation import SeededAugmentation
 from evonets.models.modeling_evonet_view_synthesis import camera_rays
 
 if TYPE_CHECKING:
@@ -224,10 +225,10 @@ def view_synthesis_example(
     }
 
 
-class LLFFTrainingRays:
+class LLFFTrainingRays(SeededAugmentation):
     """Random ray batches from the training views, a `torch` map-style dataset for `Trainer`.
 
-    Item `index` draws (from a generator seeded by `(seed, index)`, so a run is reproducible) a training view as
+    Item `index` draws (from its own generator, `evonets.data.augmentation`: seeded by `(seed, epoch, index)`) a training view as
     target, `num_source_views` sources among the `num_source_views + extra_source_candidates` training views
     nearest to it (nearby, as at test time, but varied), and `rays_per_item` of its pixels without replacement.
     `num_items` is the epoch length; choose it at least `max_steps * batch_size`.
@@ -266,7 +267,7 @@ class LLFFTrainingRays:
         return self.num_items
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        rng = np.random.default_rng([self.seed, index])
+        rng = self.item_rng(index)
         target = int(rng.choice(self.scene.train_views))
         sources = rng.choice(self.source_candidates[target], size=self.num_source_views, replace=False).tolist()
         pixels = rng.choice(self.scene.height * self.scene.width, size=self.rays_per_item, replace=False)

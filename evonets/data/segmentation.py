@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
+from evonets.data.augmentation import SeededAugmentation
 from evonets.data.paths import shared_data_dir
 from evonets.models.image_processing_evonet import EvoNetImageProcessor
 
@@ -38,7 +39,7 @@ MISSING_MASKS = ("error", "skip")
 MIN_CROP = 0.5  # training crops keep 50-100 % of each side of the image
 
 
-class SemanticSegmentationDataset(torch.utils.data.Dataset):
+class SemanticSegmentationDataset(SeededAugmentation, torch.utils.data.Dataset):
     r"""
     Image / mask pairs as a torch `Dataset` for `Trainer`.
 
@@ -46,7 +47,8 @@ class SemanticSegmentationDataset(torch.utils.data.Dataset):
     image resized (bicubic) and normalised with ImageNet mean / std, the mask resized (nearest) and remapped through
     `label_mapping` (file value -> class id); file values in `ignore_values` become `IGNORE_INDEX`. With `augment`,
     image and mask are cropped together to a random window of 50-100 % of each side (`MIN_CROP`) and flipped
-    left-right with probability 1/2 (torch's global generator, which `Trainer` seeds).
+    left-right with probability 1/2, drawn from the item's own generator (`evonets.data.augmentation`: seeded by
+    `(seed, epoch, index)`).
 
     Every mask is read once when the dataset is built: a file that is empty, not a single-channel 8-bit PNG, of
     another size than its image, holding a value that is neither a class nor ignored, or without one labelled pixel
@@ -69,6 +71,7 @@ class SemanticSegmentationDataset(torch.utils.data.Dataset):
         image_size: int = 128,
         augment: bool = False,
         validate: bool = True,
+        seed: int = 0,
     ):
         if not (isinstance(image_size, int) and image_size >= 1):
             raise ValueError(f"image_size = {image_size!r} is invalid: expected a positive int (pixels).")
@@ -84,6 +87,7 @@ class SemanticSegmentationDataset(torch.utils.data.Dataset):
                 f"{IGNORE_INDEX} classes (class id {IGNORE_INDEX} is the ignore index); got {len(id2label)} classes."
             )
         self.samples = list(samples)
+        self.seed = seed
         self.id2label = dict(id2label)
         self.label_mapping = dict(label_mapping)
         self.ignore_values = tuple(ignore_values)
@@ -109,9 +113,10 @@ class SemanticSegmentationDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         if not self.augment:
             return self.load_item(index)
-        width, height = (MIN_CROP + (1.0 - MIN_CROP) * torch.rand(2)).tolist()
-        left, top = (torch.rand(2) * torch.tensor([1.0 - width, 1.0 - height])).tolist()
-        return self.load_item(index, region=(left, top, left + width, top + height), flip=bool(torch.rand(()) < 0.5))
+        rng = self.item_rng(index)
+        width, height = (MIN_CROP + (1.0 - MIN_CROP) * rng.random(2)).tolist()
+        left, top = (rng.random(2) * [1.0 - width, 1.0 - height]).tolist()
+        return self.load_item(index, region=(left, top, left + width, top + height), flip=bool(rng.random() < 0.5))
 
     def load_item(
         self, index: int, region: tuple[float, float, float, float] | None = None, flip: bool = False
@@ -161,6 +166,7 @@ class SemanticSegmentationDataset(torch.utils.data.Dataset):
             self.image_size,
             augment=self.augment if augment is None else augment,
             validate=False,
+            seed=self.seed,
         )
 
     def _validate_pair(self, image_path: Path, mask_path: Path) -> None:
@@ -282,7 +288,8 @@ def train_validation_split(
     dataset: SemanticSegmentationDataset, validation_fraction: float = 0.2, seed: int = 0, augment_train: bool = True
 ) -> tuple[SemanticSegmentationDataset, SemanticSegmentationDataset]:
     """A fixed random split of `dataset` (same `seed`, same split on every machine): (train, validation).
-    The train part is augmented (random crops and flips) when `augment_train`; validation never is."""
+    The train part is augmented (random crops and flips, seeded by `seed` too) when `augment_train`; validation never
+    is."""
     if not 0.0 < validation_fraction < 1.0:
         raise ValueError(f"validation_fraction = {validation_fraction!r} is invalid: expected a float in (0, 1).")
     num_validation = round(validation_fraction * len(dataset))
@@ -292,7 +299,9 @@ def train_validation_split(
         )
     order = np.random.default_rng(seed).permutation(len(dataset))
     validation, train = np.sort(order[:num_validation]), np.sort(order[num_validation:])
-    return dataset.subset(train, augment=augment_train), dataset.subset(validation, augment=False)
+    train_part = dataset.subset(train, augment=augment_train)
+    train_part.seed = seed
+    return train_part, dataset.subset(validation, augment=False)
 
 
 def _pair_files(image_dir: Path, mask_dir: Path, missing_masks: str) -> list[tuple[Path, Path]]:
