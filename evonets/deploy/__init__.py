@@ -4,4 +4,5 @@
 - `profiling`: MACs (matmuls and convs by FlopCounterMode, plus the selective scan's state updates) and parameters.
 - `latency`: latency measurement (PyTorch eager or ONNX Runtime), timed relative to in-process conditions.
 - `fingerprint`: the device fingerprint a latency figure is only valid for.
+- `allocator`: glibc malloc keeping freed memory, which latency measurement sets and the fingerprint reports.
 """

@@ -63,8 +63,10 @@ those are padded with dt = 0 (decay 1, no input) and cut off.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -154,8 +156,31 @@ def _check_backend_name(backend: str, source: str) -> None:
         raise ValueError(f"Unknown selective-scan backend {backend!r} ({source}); expected one of {BACKENDS}.")
 
 
-def _resolve_backend(backend: str, u: torch.Tensor) -> str:
-    """The concrete backend for `backend` and inputs on u's device."""
+def _cpu_kernel_ready(build: bool) -> bool:
+    """Whether the fused CPU kernel runs here. With `build=False`, a kernel this process has not tried yet is not
+    built: it counts as available when what `cpp_extension.load` needs is there (its source, the C++ compiler
+    `$CXX` or `c++`, and ninja). That forecast is wrong only when a present source then fails to compile."""
+    if build or _cpu_kernel_loaded is not None:
+        return _cpu_kernel_available()
+    compiler = os.environ.get("CXX", "c++")
+    return _CPU_KERNEL_SOURCE.is_file() and shutil.which(compiler) is not None and shutil.which("ninja") is not None
+
+
+def _cuda_kernel_ready(build: bool) -> bool:
+    """Whether mamba-ssm's kernel imports. With `build=False`, an import not tried yet is not tried: the package
+    counts as importable when it is installed (it may still lack its CUDA extension, and then fail to import)."""
+    if build or _cuda_import_tried:
+        return _cuda_kernel() is not None
+    return importlib.util.find_spec("mamba_ssm") is not None
+
+
+def resolve_backend(backend: str = "auto", device_type: str = "cpu", build: bool = True) -> str:
+    """The backend `selective_scan(..., backend=backend)` runs on tensors of `device_type` ("cpu", "cuda", ...) in
+    this process: for "auto", what the module docstring says (`EVONETS_SCAN_BACKEND` included).
+
+    `build=False` answers without building the fused CPU kernel or importing mamba-ssm, so that reporting the
+    backend (e.g. in a latency fingerprint) changes nothing in the process. Once this process has tried a kernel
+    the answer is exact; before, it is a forecast from what loading the kernel needs (`_cpu_kernel_ready`)."""
     _check_backend_name(backend, "backend argument")
     if backend == "auto":
         if torch.onnx.is_in_onnx_export() or torch.jit.is_tracing() or torch.jit.is_scripting():
@@ -165,21 +190,26 @@ def _resolve_backend(backend: str, u: torch.Tensor) -> str:
             _check_backend_name(override, f"environment variable {BACKEND_ENV_VAR}")
             backend = override
     if backend == "auto":
-        if u.is_cuda and _cuda_kernel() is not None:
+        if device_type == "cuda" and _cuda_kernel_ready(build):
             return "cuda"
-        if u.device.type == "cpu" and _cpu_kernel_available():
+        if device_type == "cpu" and _cpu_kernel_ready(build):
             return "cpu_fused"
         return "torch"
     if backend == "cpu_fused":
-        if u.device.type != "cpu":
-            raise ValueError(f"The 'cpu_fused' selective-scan backend needs CPU tensors, got {u.device}.")
-        return "cpu_fused" if _cpu_kernel_available() else "torch"
-    if backend == "cuda" and (not u.is_cuda or _cuda_kernel() is None):
+        if device_type != "cpu":
+            raise ValueError(f"The 'cpu_fused' selective-scan backend needs CPU tensors, got {device_type} tensors.")
+        return "cpu_fused" if _cpu_kernel_ready(build) else "torch"
+    if backend == "cuda" and (device_type != "cuda" or not _cuda_kernel_ready(build)):
         raise RuntimeError(
             "The 'cuda' selective-scan backend needs CUDA tensors and an importable mamba-ssm "
             "(pip install mamba-ssm, built against your CUDA); use backend='torch' otherwise."
         )
     return backend
+
+
+def _resolve_backend(backend: str, u: torch.Tensor) -> str:
+    """The concrete backend for `backend` and inputs on u's device."""
+    return resolve_backend(backend, u.device.type)
 
 
 def _compute_dt(delta: torch.Tensor, delta_bias: torch.Tensor | None, delta_softplus: bool) -> torch.Tensor:
@@ -398,4 +428,11 @@ def selective_scan(
     return _SCANS[resolved](*inputs, delta_softplus).to(u.dtype)
 
 
-__all__ = ["BACKENDS", "BACKEND_ENV_VAR", "TORCH_CHUNK_SIZE", "available_backends", "selective_scan"]
+__all__ = [
+    "BACKENDS",
+    "BACKEND_ENV_VAR",
+    "TORCH_CHUNK_SIZE",
+    "available_backends",
+    "resolve_backend",
+    "selective_scan",
+]
