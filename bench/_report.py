@@ -25,7 +25,7 @@ import transformers
 
 REPO = Path(__file__).resolve().parents[1]
 
-from search.latency import cpu_model  # one definition, also in every latency fingerprint
+from evonets.deploy.fingerprint import cpu_model  # one definition, also in every latency fingerprint
 
 DOC_PATH = REPO / "docs" / "benchmarks.md"
 

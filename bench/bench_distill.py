@@ -7,14 +7,14 @@ What it does, in one process, on the quickstart setting (`configs/quickstart.yam
 space, a ConvNeXtV2 teacher trained from scratch, one thread):
 
 1. **Throughput** (batch 64, train mode, forward + loss + backward + AdamW step, interleaved rounds, median):
-   - `sandwich step (CA-DDKD)`: one optimizer step of `distill/trainer.py` (teacher forward, largest + smallest + 2
+   - `sandwich step (CA-DDKD)`: one optimizer step of `distill/student.py` (teacher forward, largest + smallest + 2
      random subnets with random block types, all loss terms);
    - per block type, the largest subnet with cross-entropy only, run in the supernet (`supernet(x, arch=...)`: sliced
      shared weights) and as the extracted standalone `EvoNetForImageClassification`.
 2. **Ablation**: supernets trained with the quickstart budget (2 seeds each) by (a) CE only (sandwich rule, every
    subnet on the labels), (b) + in-place KD from the largest subnet, (c) + CA-DDKD (teacher logit KD + spatial +
    two-band DCT feature alignment), (d) = (c) without the frequency term. The digits rank-check protocol
-   (`distill/ranking.py`, `docs/distill.md`): 30 architectures sampled with seed 1234; supernet score = validation
+   (`search/ranking.py`, `docs/distill.md`): 30 architectures sampled with seed 1234; supernet score = validation
    accuracy and cross-entropy with inherited weights; stand-alone score = the same after 40 steps of training from
    scratch (fixed recipe), mean of 3 seeds, cached in `<work>/standalone.json`; Kendall's tau-b, Spearman's rho,
    top-5 overlap; and the ceiling: how well single stand-alone seeds rank each other (mean tau over pairs of seeds).
@@ -31,16 +31,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import statistics
-import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
 import torch
 from _report import DOC_PATH, machine_description, write_section
+
+REPO = Path(__file__).resolve().parents[1]
 
 BLOCK_TYPES = ("conv", "attention", "ssd", "ss2d")
 VARIANTS = {
@@ -92,7 +89,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def base_config(args, *overrides: str):
-    from distill.train import parse_config
+    from distill import parse_config
 
     argv = [
         "--config",
@@ -132,10 +129,11 @@ class _SingleProcess:
 def measure_throughput(args, log) -> list[dict]:
     from distill.losses import DistillationLoss
     from distill.sampling import SandwichSampler
+    from distill.student import DistillModule, build_space_config, stage_channels, train_micro_step
     from distill.teachers import load_teacher
     from distill.train_teacher import train_teacher
-    from distill.trainer import DistillModule, build_space_config, parameter_groups, stage_channels, train_micro_step
     from evonets.data.classification import collate, load_data
+    from evonets.engine.training import parameter_groups
     from evonets.models.supernet import EvoNetSupernet
 
     config = base_config(args)
@@ -218,7 +216,7 @@ def measure_throughput(args, log) -> list[dict]:
 
 
 def run_ablation(args, log) -> dict:
-    from distill.trainer import train
+    from distill import train_supernet as train
     from evonets.data.classification import load_data
     from evonets.models.supernet import EvoNetSupernet
     from search.ranking import (

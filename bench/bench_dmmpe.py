@@ -14,7 +14,8 @@ What it does, in one process:
    the digits validation split (180 images): `payload["arch"]` is an architecture encoding; with `payload["shard"]` /
    `payload["num_shards"]` only that contiguous slice of the images is evaluated; the result holds `accuracy`, `loss`
    and the number of images `count`. Built in:
-   - `ranking`: `search.ranking.evaluate` of `supernet(x, arch=arch)` (validation accuracy with inherited weights);
+   - `ranking`: `evonets.engine.evaluation.evaluate` of `supernet(x, arch=arch)` (validation accuracy with inherited
+     weights);
    - `search`: `search.evaluators.SupernetEvaluator`, what `search/run.py` runs (extracts the subnet, then accuracy,
      loss, MACs and parameters).
    Any `module:function` with the same contract can be swapped in.
@@ -51,10 +52,11 @@ from _report import DOC_PATH, machine_description, write_section
 
 from distill.config import DataConfig
 from evonets.data.classification import load_data
+from evonets.engine.evaluation import evaluate as evaluate_model
+from evonets.engine.evaluation import tensor_batches
 from evonets.models.search_space import EvoNetSupernetConfig
 from evonets.models.supernet import EvoNetSupernet
 from search.pool import EvaluationPool
-from search.ranking import evaluate as evaluate_model
 from search.ranking import sample_architectures, validation_tensors
 
 IMAGE_SIZE = 16
@@ -64,7 +66,8 @@ AGREEMENT_CANDIDATES = 6
 
 
 def ranking_evaluator(supernet_folder: str) -> Callable[[dict], dict]:
-    """Validation accuracy and loss of `payload["arch"]` with the supernet's weights (`search.ranking.evaluate`)."""
+    """Validation accuracy and loss of `payload["arch"]` with the supernet's weights
+    (`evonets.engine.evaluation.evaluate`)."""
     supernet = EvoNetSupernet.from_pretrained(supernet_folder).eval()
     pixel_values, labels = validation_tensors(load_data(DataConfig(source="digits"), image_size=IMAGE_SIZE))
 
@@ -72,7 +75,8 @@ def ranking_evaluator(supernet_folder: str) -> Callable[[dict], dict]:
     def evaluate(payload: dict) -> dict:
         arch = supernet.search_space.decode(payload["arch"])
         images, targets = validation_slice(pixel_values, labels, payload)
-        metrics = evaluate_model(lambda x: supernet(x, arch=arch).logits, images, targets, arch["resolution"])
+        batches = tensor_batches(images, targets)
+        metrics = evaluate_model(lambda x: supernet(x, arch=arch).logits, batches, arch["resolution"])
         return {**metrics, "count": len(targets)}
 
     return evaluate
@@ -279,9 +283,10 @@ def render(reports: dict[str, dict], args: argparse.Namespace) -> str:
             f"{workers} worker processes of `search.pool.EvaluationPool`, 1 torch thread each; a random-init "
             f"`EvoNetSupernetConfig.tiny(resolution_choices=[8, 16])` supernet; digits validation split (180 images); "
             f"{args.rounds} alternating round(s) of {args.candidates} fresh random candidates per mode, after a "
-            f"warm-up. Evaluators: `ranking` = `search.ranking.evaluate` of the supernet forward; `search` = "
-            f"`search.evaluators.SupernetEvaluator` (extracts the subnet; accuracy, loss, MACs, parameters). *Measured* "
-            f"is wall clock; the *CPU model* gives what idle cores would do, from the workers' CPU time per "
+            f"warm-up. Evaluators: `ranking` = `evonets.engine.evaluation.evaluate` of the supernet forward; "
+            f"`search` = `search.evaluators.SupernetEvaluator` (extracts the subnet; accuracy, loss, MACs, "
+            f"parameters). *Measured* is wall clock; the *CPU model* gives what idle cores would do, from the workers' "
+            f"CPU time per "
             f"evaluation, which other jobs on the machine hardly change: DMMPE {workers} / (CPU time of a candidate), "
             f"data-parallel 1 / (CPU time of a candidate's slower slice)."
         ),

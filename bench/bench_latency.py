@@ -23,8 +23,6 @@ What it does, all in one process and one run so that machine noise hits every mo
 from __future__ import annotations
 
 import argparse
-import ctypes
-import importlib
 import os
 import sys
 import time
@@ -36,16 +34,9 @@ except ImportError:  # not on Unix
     resource = None
 from pathlib import Path
 
+import _report
 import torch
 from torch import nn
-
-REPO = Path(__file__).resolve().parents[1]
-try:
-    import evonets
-except ImportError:  # a checkout that is not installed: use it
-    sys.path.insert(0, str(REPO))
-    import evonets
-
 from transformers import (
     ConvNextV2Config,
     ConvNextV2ForImageClassification,
@@ -57,12 +48,12 @@ from transformers import (
     SwinForImageClassification,
 )
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _report
-
+import evonets
+from evonets.deploy.allocator import keep_freed_memory
 from evonets.deploy.profiling import count_macs, count_parameters
 from evonets.models.mixer_ss2d import EvoNetSelectiveScan
 from evonets.models.modeling_evonet import EvoNetBlock
+from evonets.models.selective_scan import BACKEND_ENV_VAR, resolve_backend
 
 THREADS = 2
 IMAGE_SIZE = 224
@@ -156,13 +147,9 @@ def build_evonets() -> dict[str, nn.Module]:
 
 def resolved_scan_backend() -> str:
     """What the SS2D scans' `backend="auto"` runs here (building the fused CPU kernel if needed)."""
-    scan_module = importlib.import_module(
-        "evonets.models.selective_scan"
-    )  # `evonets.models.selective_scan` is the function
-    override = os.environ.get(scan_module.BACKEND_ENV_VAR, "")
-    if override and override != "auto":
-        return f"{override} (from {scan_module.BACKEND_ENV_VAR})"
-    return "cpu_fused" if "cpu_fused" in scan_module.available_backends() else "torch"
+    backend = resolve_backend("auto", "cpu")
+    override = os.environ.get(BACKEND_ENV_VAR, "")
+    return f"{backend} (from {BACKEND_ENV_VAR})" if override and override != "auto" else backend
 
 
 def scan_backends(model: nn.Module) -> list[str]:
@@ -170,23 +157,6 @@ def scan_backends(model: nn.Module) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------------------- timing
-
-
-def keep_freed_memory() -> bool:
-    """Tell glibc malloc to keep freed memory instead of returning it to the OS (False if not glibc).
-
-    By default glibc serves allocations above a (self-adjusting) threshold with fresh `mmap`s and unmaps them on
-    free, so a model whose temporaries are large re-faults its pages on every call: PVTv2-b0 takes ~8k minor page
-    faults per forward, ~10 ms of its ~30 ms, and how many depends on what ran before in the process. Raising
-    `M_MMAP_THRESHOLD` to its maximum (32 MiB) and `M_TRIM_THRESHOLD` to 1 GiB makes every model reuse its memory,
-    as jemalloc / tcmalloc, usual for CPU inference, do.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # from <malloc.h>
-    return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
 
 
 def matmul_ceiling_call(size: int = CEILING_SIZE) -> tuple[Callable[[], object], int]:
@@ -407,7 +377,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--default-malloc",
         action="store_true",
-        help="leave glibc malloc as it is (by default it is told to keep freed memory: see keep_freed_memory)",
+        help="leave glibc malloc as it is (by default it is told to keep freed memory: see evonets.deploy.allocator)",
     )
     parser.add_argument("--no-mixer-profile", action="store_true", help="skip the per-mixer block timings")
     parser.add_argument("--no-op-profile", action="store_true", help="skip the torch.profiler op breakdown")
@@ -426,19 +396,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> str:
-    args = parse_args(argv)
-    torch.set_num_threads(THREADS)
-    malloc_tuned = False if args.default_malloc else keep_freed_memory()
-    machine = {"line": _report.machine_description(THREADS), "load": load_average(), "malloc_tuned": malloc_tuned}
-    other_cpu = OtherCpuUse()
-    log = lambda message: print(message, file=sys.stderr, flush=True)
-    pixel_values = torch.randn(1, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(0))
-
-    models = {**build_baselines(), **build_evonets()}
-    if args.torch_compile:
-        for name in [REFERENCE, *EVONET_CONFIGS]:
-            models[f"{name} (compiled)"] = torch.compile(models[name])
+def measure_models(
+    args: argparse.Namespace, models: dict[str, nn.Module], pixel_values: torch.Tensor, log: Callable[[str], None]
+) -> tuple[list[dict], dict]:
+    """Parameters and MACs of every model, then all of them and the matmul ceiling timed in interleaved rounds: one
+    result row per model, and the ceiling's GFLOP/s, median and IQR."""
     stats = {}
     for name, model in models.items():
         if name.endswith("(compiled)"):
@@ -482,38 +444,73 @@ def main(argv: list[str] | None = None) -> str:
     for row in results:
         log(f"{row['name']:24s} {row['median_ms']:8.2f} ms  {row['gflops']:6.1f} GFLOP/s  x{row['speedup']:.2f}")
     log(f"matmul ceiling: {ceiling:.1f} GFLOP/s")
+    return results, {"gflops": ceiling, "ms": ceiling_ms, "iqr_ms": ceiling_iqr}
 
-    mixer_rows, entries = [], []
-    if not args.no_mixer_profile:
-        donors = [kwargs for name, kwargs in EVONET_CONFIGS.items() if name != GOAL_MODEL]
-        entries = mixer_profile_blocks(EVONET_CONFIGS[GOAL_MODEL], donors)
-        log(f"timing {len(entries)} single blocks ...")
-        block_calls = {}
-        for index, entry in enumerate(entries):
-            block_calls[(index, "block")] = lambda entry=entry: entry["block"](entry["input"])
-            block_calls[(index, "mixer")] = lambda entry=entry: entry["block"].mixer(entry["mixer_input"])
-        rounds = max(2, args.rounds // 2)
-        block_samples = {
-            key: timing.wall
-            for key, timing in _report.time_interleaved(block_calls, rounds, args.per_round, args.warmup).items()
-        }
-        for index, entry in enumerate(entries):
-            block_ms = _report.summarize(block_samples[(index, "block")])[0]
-            mixer_ms = _report.summarize(block_samples[(index, "mixer")])[0]
-            mixer_rows.append(
-                {
-                    **{
-                        key: entry[key]
-                        for key in ("stage", "block_type", "resolution", "width", "d_state", "ssm_ratio", "in_model")
-                    },
-                    "block_ms": block_ms,
-                    "block_macs": entry["block_macs"],
-                    "block_gflops": 2 * entry["block_macs"] / block_ms / 1e6,
-                    "mixer_ms": mixer_ms,
-                    "mixer_macs": entry["mixer_macs"],
-                    "mixer_gflops": 2 * entry["mixer_macs"] / mixer_ms / 1e6,
-                }
-            )
+
+def time_mixer_profile(args: argparse.Namespace, log: Callable[[str], None]) -> tuple[list[dict], list[dict]]:
+    """The per-mixer profile: the blocks of `mixer_profile_blocks`, each block and its mixer alone timed in
+    interleaved rounds. Returns the table rows and the entries (blocks and inputs) they were timed on."""
+    donors = [kwargs for name, kwargs in EVONET_CONFIGS.items() if name != GOAL_MODEL]
+    entries = mixer_profile_blocks(EVONET_CONFIGS[GOAL_MODEL], donors)
+    log(f"timing {len(entries)} single blocks ...")
+    block_calls = {}
+    for index, entry in enumerate(entries):
+        block_calls[(index, "block")] = lambda entry=entry: entry["block"](entry["input"])
+        block_calls[(index, "mixer")] = lambda entry=entry: entry["block"].mixer(entry["mixer_input"])
+    rounds = max(2, args.rounds // 2)
+    block_samples = {
+        key: timing.wall
+        for key, timing in _report.time_interleaved(block_calls, rounds, args.per_round, args.warmup).items()
+    }
+    mixer_rows = []
+    for index, entry in enumerate(entries):
+        block_ms = _report.summarize(block_samples[(index, "block")])[0]
+        mixer_ms = _report.summarize(block_samples[(index, "mixer")])[0]
+        mixer_rows.append(
+            {
+                **{
+                    key: entry[key]
+                    for key in ("stage", "block_type", "resolution", "width", "d_state", "ssm_ratio", "in_model")
+                },
+                "block_ms": block_ms,
+                "block_macs": entry["block_macs"],
+                "block_gflops": 2 * entry["block_macs"] / block_ms / 1e6,
+                "mixer_ms": mixer_ms,
+                "mixer_macs": entry["mixer_macs"],
+                "mixer_gflops": 2 * entry["mixer_macs"] / mixer_ms / 1e6,
+            }
+        )
+    return mixer_rows, entries
+
+
+def profile_slow_mixer(args: argparse.Namespace, mixer_rows: list[dict], entries: list[dict]) -> dict:
+    """The mixer furthest below the ceiling at the model's own stages (conv mixers have almost no MACs, so their
+    GFLOP/s says nothing), profiled alone."""
+    candidates = [
+        (row, entry) for row, entry in zip(mixer_rows, entries) if row["stage"] != "-" and row["block_type"] != "conv"
+    ]
+    row, entry = min(candidates, key=lambda pair: pair[0]["mixer_gflops"])
+    rows, categories, total_ms = profile_ops(entry["block"].mixer, entry["mixer_input"], runs=10 if args.quick else 100)
+    mixer = entry["block"].mixer
+    scan_macs = mixer.scan_macs(row["resolution"], row["resolution"]) if hasattr(mixer, "scan_macs") else 0
+    return {"row": row, "rows": rows, "categories": categories, "profiled_ms": total_ms, "scan_macs": scan_macs}
+
+
+def main(argv: list[str] | None = None) -> str:
+    args = parse_args(argv)
+    torch.set_num_threads(THREADS)
+    malloc_tuned = False if args.default_malloc else keep_freed_memory()
+    machine = {"line": _report.machine_description(THREADS), "load": load_average(), "malloc_tuned": malloc_tuned}
+    other_cpu = OtherCpuUse()
+    log = lambda message: print(message, file=sys.stderr, flush=True)
+    pixel_values = torch.randn(1, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(0))
+
+    models = {**build_baselines(), **build_evonets()}
+    if args.torch_compile:
+        for name in [REFERENCE, *EVONET_CONFIGS]:
+            models[f"{name} (compiled)"] = torch.compile(models[name])
+    results, ceiling_stats = measure_models(args, models, pixel_values, log)
+    mixer_rows, entries = time_mixer_profile(args, log) if not args.no_mixer_profile else ([], [])
 
     op_rows, op_categories, profiled_ms = [], {}, 0.0
     slow_mixer = None
@@ -523,30 +520,10 @@ def main(argv: list[str] | None = None) -> str:
             models[GOAL_MODEL], pixel_values, runs=5 if args.quick else 30
         )
         if mixer_rows:
-            # The mixer furthest below the ceiling at the model's own stages (conv mixers have almost no MACs, so
-            # their GFLOP/s says nothing), profiled alone.
-            candidates = [
-                (row, entry)
-                for row, entry in zip(mixer_rows, entries)
-                if row["stage"] != "-" and row["block_type"] != "conv"
-            ]
-            row, entry = min(candidates, key=lambda pair: pair[0]["mixer_gflops"])
-            rows, categories, total_ms = profile_ops(
-                entry["block"].mixer, entry["mixer_input"], runs=10 if args.quick else 100
-            )
-            mixer = entry["block"].mixer
-            scan_macs = mixer.scan_macs(row["resolution"], row["resolution"]) if hasattr(mixer, "scan_macs") else 0
-            slow_mixer = {
-                "row": row,
-                "rows": rows,
-                "categories": categories,
-                "profiled_ms": total_ms,
-                "scan_macs": scan_macs,
-            }
+            slow_mixer = profile_slow_mixer(args, mixer_rows, entries)
 
     machine["load_end"] = load_average()
     machine["other_cores"] = other_cpu.cores()
-    ceiling_stats = {"gflops": ceiling, "ms": ceiling_ms, "iqr_ms": ceiling_iqr}
     ops = {"rows": op_rows, "categories": op_categories, "profiled_ms": profiled_ms, "slow_mixer": slow_mixer}
     body = render(args, machine, results, ceiling_stats, mixer_rows, ops, models)
     print(body)
@@ -567,8 +544,23 @@ def render(
 ) -> str:
     """The markdown section: setup, model table, goal check, per-mixer profile, op profile."""
     by_name = {row["name"]: row for row in results}
+    lines = setup_lines(args, machine, ceiling_stats, models)
+    lines += model_lines(results, by_name)
+    lines += goal_lines(by_name, ceiling_stats["gflops"])
+    if mixer_rows:
+        lines += mixer_profile_lines(mixer_rows)
+    if ops["rows"]:
+        lines += op_profile_lines(ops["rows"], ops["categories"], ops["profiled_ms"])
+    if ops.get("slow_mixer"):
+        lines += slow_mixer_lines(ops["slow_mixer"])
+    return "\n".join(lines)
+
+
+def setup_lines(
+    args: argparse.Namespace, machine: dict, ceiling_stats: dict, models: dict[str, nn.Module]
+) -> list[str]:
+    """How it was measured: machine, timing, other load, matmul ceiling, MAC definition, allocator."""
     ceiling, ceiling_ms, ceiling_iqr = ceiling_stats["gflops"], ceiling_stats["ms"], ceiling_stats["iqr_ms"]
-    op_rows, op_categories, profiled_ms = ops["rows"], ops["categories"], ops["profiled_ms"]
     backends = sorted({backend for model in models.values() for backend in scan_backends(model)})
     if backends == ["auto"]:
         backends = [f"auto = {resolved_scan_backend()}"]
@@ -623,6 +615,11 @@ def render(
         ),
         "",
     ]
+    return lines
+
+
+def model_lines(results: list[dict], by_name: dict[str, dict]) -> list[str]:
+    """The model table and the EvoNet configurations."""
     header = [
         "model",
         "params (M)",
@@ -650,9 +647,9 @@ def render(
         ]
         for row in results
     ]
-    lines += [markdown_table(header, rows), ""]
-
-    lines += [
+    lines = [
+        markdown_table(header, rows),
+        "",
         "EvoNet configurations (`evonets.EvoNetConfig` keyword arguments; `image_size=224`, `num_labels=1000`):",
         "",
     ]
@@ -662,141 +659,153 @@ def render(
         lines.append(f"- **{name}** ({scan_note}): `{kwargs}`")
     lines.append("")
 
+    return lines
+
+
+def goal_lines(by_name: dict[str, dict], ceiling: float) -> list[str]:
+    """Whether the goal model meets its speed goal against its rivals and the matmul ceiling."""
     goal = by_name.get(GOAL_MODEL)
-    if goal is not None:
-        ratios = {rival: goal["speedup"] / by_name[rival]["speedup"] for rival in GOAL_RIVALS}
-        met = all(ratio >= GOAL_SPEEDUP for ratio in ratios.values()) and goal["ceiling_share"] >= GOAL_CEILING_FRACTION
-        needed_ms = 2 * goal["macs"] / (GOAL_CEILING_FRACTION * ceiling * 1e9) * 1e3
-        lines += [
-            f"**Goal** ({GOAL_MODEL} at >= {GOAL_SPEEDUP}x the speed of {' and '.join(GOAL_RIVALS)}, at >= "
-            f"{int(100 * GOAL_CEILING_FRACTION)} % of the matmul ceiling): **{'met' if met else 'not met'}**. "
-            + ", ".join(f"{fmt(ratio, 2)}x {rival}" for rival, ratio in ratios.items())
-            + f", {fmt(100 * goal['ceiling_share'], 0)} % of the ceiling ({fmt(goal['median_ms'])} ms for "
-            f"{fmt(goal['macs'] / 1e9, 3)} GMACs; {int(100 * GOAL_CEILING_FRACTION)} % of the ceiling would be "
-            f"{fmt(needed_ms)} ms).",
-            "",
-        ]
+    if goal is None:
+        return []
+    ratios = {rival: goal["speedup"] / by_name[rival]["speedup"] for rival in GOAL_RIVALS}
+    met = all(ratio >= GOAL_SPEEDUP for ratio in ratios.values()) and goal["ceiling_share"] >= GOAL_CEILING_FRACTION
+    needed_ms = 2 * goal["macs"] / (GOAL_CEILING_FRACTION * ceiling * 1e9) * 1e3
+    return [
+        f"**Goal** ({GOAL_MODEL} at >= {GOAL_SPEEDUP}x the speed of {' and '.join(GOAL_RIVALS)}, at >= "
+        f"{int(100 * GOAL_CEILING_FRACTION)} % of the matmul ceiling): **{'met' if met else 'not met'}**. "
+        + ", ".join(f"{fmt(ratio, 2)}x {rival}" for rival, ratio in ratios.items())
+        + f", {fmt(100 * goal['ceiling_share'], 0)} % of the ceiling ({fmt(goal['median_ms'])} ms for "
+        f"{fmt(goal['macs'] / 1e9, 3)} GMACs; {int(100 * GOAL_CEILING_FRACTION)} % of the ceiling would be "
+        f"{fmt(needed_ms)} ms).",
+        "",
+    ]
 
-    if mixer_rows:
-        lines += [
-            "### Per-mixer profile",
-            "",
-            (
-                f"One block (LayerNorm, mixer, residual, LayerNorm, MLP, residual) of each mixer type at each stage of "
-                f"{GOAL_MODEL} (its width; the mixer sizes of the EvoNets above: d_state N, ssm_ratio r, default heads), "
-                f"and at two geometries it avoids (stage '-': the 56x56 stage of a patch-4 stem at half the first width, "
-                f"and a 7x7 stage at twice the last width). 'mixer' is the token mixer alone. Same timing method, "
-                f"interleaved, batch 1; 'used' marks the block types {GOAL_MODEL} has in that stage."
-            ),
-            "",
-        ]
-        header = [
-            "stage",
-            "tokens",
-            "width",
-            "mixer",
-            "used",
-            "block ms",
-            "block MMACs",
-            "block GFLOP/s",
-            "mixer ms",
-            "mixer MMACs",
-            "mixer GFLOP/s",
-        ]
-        rows = []
-        for row in mixer_rows:
-            extra = f" (N={row['d_state']}, r={row['ssm_ratio']:g})" if row["d_state"] is not None else ""
-            rows.append(
-                [
-                    row["stage"],
-                    f"{row['resolution']}x{row['resolution']}",
-                    str(row["width"]),
-                    row["block_type"] + extra,
-                    "yes" if row["in_model"] else "",
-                    fmt(row["block_ms"], 2),
-                    fmt(row["block_macs"] / 1e6),
-                    fmt(row["block_gflops"]),
-                    fmt(row["mixer_ms"], 2),
-                    fmt(row["mixer_macs"] / 1e6),
-                    fmt(row["mixer_gflops"]),
-                ]
-            )
-        lines += [markdown_table(header, rows, ["right", "left", "right", "left", "left"] + ["right"] * 6), ""]
 
-    if op_rows:
-        lines += [
-            f"### Where {GOAL_MODEL}'s time goes",
-            "",
-            (
-                f"`torch.profiler` (CPU, self time of each op, averaged over the profiled forwards; profiled forward "
-                f"{fmt(profiled_ms)} ms including profiler overhead). By category:"
-            ),
-            "",
-            markdown_table(
-                ["category", "ms / forward", "share"],
-                [[name, fmt(ms, 2), fmt(100 * ms / profiled_ms, 0) + " %"] for name, ms in op_categories.items()],
-            ),
-            "",
-            "Top ops:",
-            "",
-            markdown_table(
-                ["op", "self ms / forward", "share", "calls / forward"],
-                [
-                    [f"`{row['op']}`", fmt(row["ms"], 2), fmt(100 * row["share"], 1) + " %", fmt(row["calls"], 0)]
-                    for row in op_rows[:15]
-                ],
-            ),
-            "",
-        ]
-    slow = ops.get("slow_mixer")
-    if slow:
-        row = slow["row"]
-        lines += [
-            (
-                f"### Slowest mixer per MAC: {row['block_type']} at {row['resolution']}x{row['resolution']}, "
-                f"{row['width']} wide"
-            ),
-            "",
-            (
-                f"The mixer alone ({fmt(row['mixer_ms'], 2)} ms for {fmt(row['mixer_macs'] / 1e6)} MMACs, "
-                f"{fmt(row['mixer_gflops'])} GFLOP/s in the table above), under `torch.profiler` "
-                f"({fmt(slow['profiled_ms'], 2)} ms per call with profiler overhead). By category:"
-            ),
-            "",
-            markdown_table(
-                ["category", "ms / call", "share"],
-                [
-                    [name, fmt(ms, 3), fmt(100 * ms / slow["profiled_ms"], 0) + " %"]
-                    for name, ms in slow["categories"].items()
-                ],
-            ),
-            "",
-        ]
-        scan_ms = slow["categories"].get("selective scan", 0.0)
-        if slow["scan_macs"] and scan_ms:
-            updates = slow["scan_macs"] / 2  # one update and one read-out MAC per state element and step
-            steps = row["resolution"] ** 2 * 4 * (row["ssm_ratio"] * row["width"])  # tokens x orders x d_inner
-            lines += [
-                (
-                    f"The scan does {updates / 1e6:.2f} M state updates ({fmt(100 * slow['scan_macs'] / row['mixer_macs'])} "
-                    f"% of the mixer's MACs) in {fmt(scan_ms, 2)} ms ({fmt(100 * scan_ms / slow['profiled_ms'], 0)} % of "
-                    f"its time): {updates / scan_ms / 1e6:.2f} G updates/s, {scan_ms * 1e6 / steps:.1f} ns per channel "
-                    f"and step. The four scan orders (flip, transpose, stack, and back) are most of 'copy / layout'; "
-                    f"'matmul' is in_proj / out_proj (`mm`) and the per-order x_proj / dt_proj einsums (`bmm`)."
-                ),
-                "",
+def mixer_profile_lines(mixer_rows: list[dict]) -> list[str]:
+    """The per-mixer profile table."""
+    lines = [
+        "### Per-mixer profile",
+        "",
+        (
+            f"One block (LayerNorm, mixer, residual, LayerNorm, MLP, residual) of each mixer type at each stage of "
+            f"{GOAL_MODEL} (its width; the mixer sizes of the EvoNets above: d_state N, ssm_ratio r, default heads), "
+            f"and at two geometries it avoids (stage '-': the 56x56 stage of a patch-4 stem at half the first width, "
+            f"and a 7x7 stage at twice the last width). 'mixer' is the token mixer alone. Same timing method, "
+            f"interleaved, batch 1; 'used' marks the block types {GOAL_MODEL} has in that stage."
+        ),
+        "",
+    ]
+    header = [
+        "stage",
+        "tokens",
+        "width",
+        "mixer",
+        "used",
+        "block ms",
+        "block MMACs",
+        "block GFLOP/s",
+        "mixer ms",
+        "mixer MMACs",
+        "mixer GFLOP/s",
+    ]
+    rows = []
+    for row in mixer_rows:
+        extra = f" (N={row['d_state']}, r={row['ssm_ratio']:g})" if row["d_state"] is not None else ""
+        rows.append(
+            [
+                row["stage"],
+                f"{row['resolution']}x{row['resolution']}",
+                str(row["width"]),
+                row["block_type"] + extra,
+                "yes" if row["in_model"] else "",
+                fmt(row["block_ms"], 2),
+                fmt(row["block_macs"] / 1e6),
+                fmt(row["block_gflops"]),
+                fmt(row["mixer_ms"], 2),
+                fmt(row["mixer_macs"] / 1e6),
+                fmt(row["mixer_gflops"]),
             ]
+        )
+    return lines + [markdown_table(header, rows, ["right", "left", "right", "left", "left"] + ["right"] * 6), ""]
+
+
+def op_profile_lines(op_rows: list[dict], op_categories: dict[str, float], profiled_ms: float) -> list[str]:
+    """Where the goal model's time goes, by op category and top ops."""
+    return [
+        f"### Where {GOAL_MODEL}'s time goes",
+        "",
+        (
+            f"`torch.profiler` (CPU, self time of each op, averaged over the profiled forwards; profiled forward "
+            f"{fmt(profiled_ms)} ms including profiler overhead). By category:"
+        ),
+        "",
+        markdown_table(
+            ["category", "ms / forward", "share"],
+            [[name, fmt(ms, 2), fmt(100 * ms / profiled_ms, 0) + " %"] for name, ms in op_categories.items()],
+        ),
+        "",
+        "Top ops:",
+        "",
+        markdown_table(
+            ["op", "self ms / forward", "share", "calls / forward"],
+            [
+                [f"`{row['op']}`", fmt(row["ms"], 2), fmt(100 * row["share"], 1) + " %", fmt(row["calls"], 0)]
+                for row in op_rows[:15]
+            ],
+        ),
+        "",
+    ]
+
+
+def slow_mixer_lines(slow: dict) -> list[str]:
+    """The slowest mixer per MAC under the profiler, with the scan's rate when it has one."""
+    row = slow["row"]
+    lines = [
+        (
+            f"### Slowest mixer per MAC: {row['block_type']} at {row['resolution']}x{row['resolution']}, "
+            f"{row['width']} wide"
+        ),
+        "",
+        (
+            f"The mixer alone ({fmt(row['mixer_ms'], 2)} ms for {fmt(row['mixer_macs'] / 1e6)} MMACs, "
+            f"{fmt(row['mixer_gflops'])} GFLOP/s in the table above), under `torch.profiler` "
+            f"({fmt(slow['profiled_ms'], 2)} ms per call with profiler overhead). By category:"
+        ),
+        "",
+        markdown_table(
+            ["category", "ms / call", "share"],
+            [
+                [name, fmt(ms, 3), fmt(100 * ms / slow["profiled_ms"], 0) + " %"]
+                for name, ms in slow["categories"].items()
+            ],
+        ),
+        "",
+    ]
+    scan_ms = slow["categories"].get("selective scan", 0.0)
+    if slow["scan_macs"] and scan_ms:
+        updates = slow["scan_macs"] / 2  # one update and one read-out MAC per state element and step
+        steps = row["resolution"] ** 2 * 4 * (row["ssm_ratio"] * row["width"])  # tokens x orders x d_inner
         lines += [
-            markdown_table(
-                ["op", "self ms / call", "share", "calls / call"],
-                [
-                    [f"`{op['op']}`", fmt(op["ms"], 3), fmt(100 * op["share"], 1) + " %", fmt(op["calls"], 0)]
-                    for op in slow["rows"][:12]
-                ],
+            (
+                f"The scan does {updates / 1e6:.2f} M state updates ({fmt(100 * slow['scan_macs'] / row['mixer_macs'])} "
+                f"% of the mixer's MACs) in {fmt(scan_ms, 2)} ms ({fmt(100 * scan_ms / slow['profiled_ms'], 0)} % of "
+                f"its time): {updates / scan_ms / 1e6:.2f} G updates/s, {scan_ms * 1e6 / steps:.1f} ns per channel "
+                f"and step. The four scan orders (flip, transpose, stack, and back) are most of 'copy / layout'; "
+                f"'matmul' is in_proj / out_proj (`mm`) and the per-order x_proj / dt_proj einsums (`bmm`)."
             ),
             "",
         ]
-    return "\n".join(lines)
+    lines += [
+        markdown_table(
+            ["op", "self ms / call", "share", "calls / call"],
+            [
+                [f"`{op['op']}`", fmt(op["ms"], 3), fmt(100 * op["share"], 1) + " %", fmt(op["calls"], 0)]
+                for op in slow["rows"][:12]
+            ],
+        ),
+        "",
+    ]
+    return lines
 
 
 if __name__ == "__main__":

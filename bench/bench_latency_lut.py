@@ -1,4 +1,4 @@
-"""Latency look-up table: how well `search.latency.LatencyTable` predicts measured latency.
+"""Latency look-up table: how well `search.latency_table.LatencyTable` predicts measured latency.
 
     python bench/bench_latency_lut.py            # full run (~12 minutes on 2 busy cores), writes docs/benchmarks.md
     python bench/bench_latency_lut.py --quick    # quickstart space, 10 architectures; no file unless --output
@@ -39,18 +39,17 @@ import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 from _report import DOC_PATH, machine_description, write_section
 
 from distill.config import SupernetSettings
-from distill.trainer import build_space_config
+from distill.student import build_space_config
+from evonets.deploy.latency import LatencySettings
 from evonets.deploy.profiling import count_macs
 from evonets.models.modeling_evonet import EvoNetForImageClassification
 from evonets.models.search_space import EvoNetSupernetConfig
 from evonets.models.supernet import EvoNetSupernet
-from search.latency import CALIBRATION_NETWORKS, Calibration, LatencySettings, LatencyTable, lut_error
+from search.latency_table import CALIBRATION_NETWORKS, Calibration, LatencyTable, lut_error
 
 SECTION_NAME, SECTION_TITLE = "latency-lut", "Latency look-up table"
 GOAL = 0.10  # median absolute relative error
@@ -176,8 +175,8 @@ def render(results: list[dict], args: argparse.Namespace, machine: str) -> str:
         f"Machine: {machine}.",
         "",
         (
-            "`search.latency.LatencyTable` predicts a network's latency as `scale * (sum of its parts) + offset`: the "
-            "parts (stem per resolution and width, downsample per token grid and widths, every block variant per "
+            "`search.latency_table.LatencyTable` predicts a network's latency as `scale * (sum of its parts) + offset`: "
+            "the parts (stem per resolution and width, downsample per token grid and widths, every block variant per "
             "token grid, width, type and sizes, head per grid and width) timed in isolation on their real input "
             f"shapes, the line fitted on {CALIBRATION_NETWORKS} whole networks. Error = predicted / measured - 1 on "
             f"{args.count} random architectures (`space.sample(random.Random(0))`, none of them calibration "

@@ -1,36 +1,29 @@
 """Supernet training by cross-architecture dual-domain knowledge distillation (CA-DDKD); see issue 4.
 
-    python distill/train.py --config configs/quickstart.yaml            # or: accelerate launch distill/train.py ...
+    python distill/train.py --config configs/quickstart.yaml     # or: evonets-distill ..., accelerate launch ...
 
-Modules: `config` (the dataclass tree of the YAML / command line), `data` (sources, splits, checks), `teachers`
-(any transformers image classifier as a frozen teacher), `train_teacher` (a from-scratch teacher of another family),
-`losses` (CA-DDKD terms and projectors), `sampling` (sandwich rule, progressive shrinking), `trainer` (the accelerate
-loop, checkpoints, resume), `ranking` (the rank-check harness), `train` (the command line).
-
-From Python (what `search/` does to build a supernet first):
+The package's public entry point is this module: build or load a supernet from a config. From Python (what `search/`
+does before it searches):
 
 ```python
-from distill import parse_config, train_supernet
-result = train_supernet(parse_config(["--config", "configs/quickstart.yaml"]))   # DistillResult
-result.supernet_dir                                                      # EvoNetSupernet.from_pretrained(...)
+from distill import build_supernet, parse_config
+result = build_supernet(parse_config(["--config", "configs/quickstart.yaml"]))   # DistillResult
+result.supernet_dir                                                     # EvoNetSupernet.from_pretrained(...)
 ```
+
+`build_supernet` returns the finished supernet of the config's `trainer.output_dir` when it was distilled with the same
+config, and otherwise trains it (resuming from the latest checkpoint); `train_supernet` always runs the training
+(resuming, as `distill/train.py` does).
+
+Modules: `config` (the dataclass tree of the YAML / command line, `parse_config`), `teachers` (any transformers image
+classifier as a frozen teacher), `train_teacher` (a from-scratch teacher of another family), `losses` (CA-DDKD terms
+and projectors), `sampling` (sandwich rule, progressive shrinking), `student` (the supernet with its projectors and the
+sandwich step), `trainer` (the run on `evonets.engine`'s training loop: checkpoints, resume, logs), `train` (the
+command line).
 """
 
-from .config import DistillConfig
+from .config import DistillConfig, parse_config
+from .trainer import DistillResult, build_supernet
+from .trainer import train as train_supernet
 
-
-def train_supernet(config: DistillConfig):
-    """Run (or resume) a distillation; see `distill.trainer.train`. (Not named `train`: that is the script module.)"""
-    from .trainer import train
-
-    return train(config)
-
-
-def parse_config(argv: list[str] | None = None) -> DistillConfig:
-    """A validated `DistillConfig` from command-line arguments (see `distill/train.py --help`)."""
-    from .train import parse_config as _parse_config
-
-    return _parse_config(argv)
-
-
-__all__ = ["DistillConfig", "parse_config", "train_supernet"]
+__all__ = ["DistillConfig", "DistillResult", "build_supernet", "parse_config", "train_supernet"]

@@ -365,6 +365,20 @@ class DistillConfig:
         return self.loss.spatial_weight > 0 or self.loss.frequency_weight > 0
 
 
+SECTION = "distill"
+"""The section of a shared YAML file (`configs/quickstart.yaml`) that holds the distillation config."""
+
+
+def parse_config(
+    argv: list[str] | None = None, prog: str = "distill/train.py", description: str | None = None
+) -> DistillConfig:
+    """The validated `DistillConfig` of a command line (`--config` YAML, at its top level or under `distill:`, plus
+    dotted overrides; `sys.argv[1:]` when `argv` is None)."""
+    from evonets.engine.cli import parse_config as parse
+
+    return parse(DistillConfig, argv, prog, description or DistillConfig.__doc__, section=SECTION)
+
+
 def _check(condition: bool, name: str, value: Any, expected: str) -> None:
     if not condition:
         _fail(name, value, expected)
@@ -384,4 +398,5 @@ __all__ = [
     "TeacherConfig",
     "TeacherTrainConfig",
     "TrainerConfig",
+    "parse_config",
 ]

@@ -15,19 +15,16 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-import time
 from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script: drop distill/ from the path, make the repository importable
-    _here = Path(__file__).resolve().parent
-    sys.path = [p for p in sys.path if Path(p or ".").resolve() != _here]
-    sys.path.append(str(_here.parent))
 
 import torch
 import torch.nn.functional as F
 
-from distill.config import DistillConfig, TeacherTrainConfig
+from distill.config import DistillConfig, TeacherTrainConfig, parse_config
+from distill.student import build_space_config
+from evonets.engine.evaluation import eval_mode, evaluate
+from evonets.engine.timer import Stopwatch
+from evonets.engine.training import Callback, TrainingLoop, parameter_groups, torch_threads
 
 
 def build_teacher_model(
@@ -71,8 +68,6 @@ def build_teacher_model(
 def train_teacher(config: DistillConfig, output_dir: str | Path | None = None, log=print) -> dict:
     """Train and save a teacher as `config.teacher.train` says; returns its metrics. `output_dir` defaults to
     `config.teacher.path`."""
-    from distill.trainer import torch_threads
-
     with torch_threads(config.trainer.num_threads):
         return _train_teacher(config, Path(output_dir or config.teacher.path), log)
 
@@ -80,7 +75,6 @@ def train_teacher(config: DistillConfig, output_dir: str | Path | None = None, l
 def _train_teacher(config: DistillConfig, output_dir: Path, log) -> dict:
     from transformers import get_cosine_schedule_with_warmup
 
-    from distill.trainer import build_space_config
     from evonets.data.classification import EpochShuffleSampler, collate, load_data
 
     train_config = config.teacher.train
@@ -90,16 +84,17 @@ def _train_teacher(config: DistillConfig, output_dir: Path, log) -> dict:
 
     torch.manual_seed(train_config.seed)
     model = build_teacher_model(train_config, data.num_labels, data.id2label, image_size, space_config.num_channels)
-    sampler = EpochShuffleSampler(len(data.train), train_config.seed)
     loader = torch.utils.data.DataLoader(
-        data.train, batch_size=train_config.batch_size, sampler=sampler, collate_fn=collate, drop_last=True
+        data.train,
+        batch_size=train_config.batch_size,
+        sampler=EpochShuffleSampler(len(data.train), train_config.seed),
+        collate_fn=collate,
+        drop_last=True,
     )
     val_loader = torch.utils.data.DataLoader(data.validation, batch_size=256, collate_fn=collate)
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    # Decay on every tensor of two or more dimensions, ConvNeXtV2's (1, 1, 1, C) GRN bias included.
     optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": train_config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=train_config.lr,
+        parameter_groups(model, train_config.weight_decay, exempt_by_name=False), lr=train_config.lr
     )
     total = train_config.epochs * len(loader)
     scheduler = get_cosine_schedule_with_warmup(optimizer, max(1, math.ceil(0.05 * total)), total)
@@ -109,50 +104,59 @@ def _train_teacher(config: DistillConfig, output_dir: Path, log) -> dict:
         f"{len(loader)} steps on {len(data.train)} images at {image_size} px"
     )
 
-    history, best, best_state, start = [], -1.0, None, time.perf_counter()
-    for epoch in range(train_config.epochs):
-        sampler.set_epoch(epoch)
-        model.train()
-        losses = []
-        for batch in loader:
-            logits = model(pixel_values=batch["pixel_values"]).logits
-            loss = F.cross_entropy(logits, batch["labels"], label_smoothing=train_config.label_smoothing)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-        accuracy = evaluate(model, val_loader)
-        history.append({"epoch": epoch + 1, "train_loss": sum(losses) / len(losses), "val_accuracy": accuracy})
-        if accuracy >= best:
-            best, best_state = accuracy, {k: v.detach().clone() for k, v in model.state_dict().items()}
-        if (epoch + 1) % max(1, train_config.epochs // 5) == 0 or epoch + 1 == train_config.epochs:
-            log(
-                f"teacher epoch {epoch + 1}/{train_config.epochs}: loss {history[-1]['train_loss']:.3f}, "
-                f"val accuracy {accuracy:.3f} ({time.perf_counter() - start:.0f} s)"
-            )
-    model.load_state_dict(best_state)
+    def step(batch: dict) -> dict[str, float]:
+        logits = model(pixel_values=batch["pixel_values"]).logits
+        loss = F.cross_entropy(logits, batch["labels"], label_smoothing=train_config.label_smoothing)
+        loss.backward()
+        return {"loss": loss.item()}
+
+    epochs = TeacherEpochs(model, val_loader, len(loader), train_config.epochs, log)
+    model.train()
+    TrainingLoop(model, optimizer, scheduler, loader, step, total, callbacks=[epochs]).run()
+    model.load_state_dict(epochs.best_state)
     metrics = {
         "model": type(model).__name__,
         "parameters": parameters,
-        "best_val_accuracy": best,
-        "seconds": round(time.perf_counter() - start, 1),
-        "history": history,
+        "best_val_accuracy": epochs.best,
+        "seconds": round(epochs.watch.seconds, 1),
+        "history": epochs.history,
     }
     save_teacher(model, data, output_dir, metrics)
-    log(f"teacher saved to {output_dir} (best val accuracy {best:.3f})")
+    log(f"teacher saved to {output_dir} (best val accuracy {epochs.best:.3f})")
     return metrics
 
 
-@torch.no_grad()
-def evaluate(model, loader) -> float:
-    model.eval()
-    correct = count = 0
-    for batch in loader:
-        logits = model(pixel_values=batch["pixel_values"]).logits
-        correct += int((logits.argmax(-1) == batch["labels"]).sum())
-        count += len(batch["labels"])
-    return correct / max(1, count)
+class TeacherEpochs(Callback):
+    """At the end of every epoch: the validation accuracy, the epoch's mean loss in `history`, the best weights so far
+    (ties go to the later epoch), and a progress line five times per run."""
+
+    def __init__(self, model, val_loader, steps_per_epoch: int, epochs: int, log):
+        self.model, self.val_loader, self.log = model, val_loader, log
+        self.steps_per_epoch, self.epochs = steps_per_epoch, epochs
+        self.history, self.losses, self.best, self.best_state = [], [], -1.0, None
+        self.watch = Stopwatch()
+
+    def on_micro_step_end(self, loop: TrainingLoop, values: dict[str, float]) -> None:
+        self.losses.append(values["loss"])
+
+    def on_step_end(self, loop: TrainingLoop, values: dict[str, float]) -> None:
+        if loop.state.step % self.steps_per_epoch:
+            return
+        epoch = loop.state.step // self.steps_per_epoch
+        model = self.model
+        with eval_mode(model):
+            accuracy = evaluate(lambda x: model(pixel_values=x).logits, self.val_loader)["accuracy"]
+        self.history.append(
+            {"epoch": epoch, "train_loss": sum(self.losses) / len(self.losses), "val_accuracy": accuracy}
+        )
+        self.losses = []
+        if accuracy >= self.best:
+            self.best, self.best_state = accuracy, {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if epoch % max(1, self.epochs // 5) == 0 or epoch == self.epochs:
+            self.log(
+                f"teacher epoch {epoch}/{self.epochs}: loss {self.history[-1]['train_loss']:.3f}, "
+                f"val accuracy {accuracy:.3f} ({self.watch.seconds:.0f} s)"
+            )
 
 
 def save_teacher(model, data, output_dir: Path, metrics: dict) -> None:
@@ -173,8 +177,6 @@ def save_teacher(model, data, output_dir: Path, metrics: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from distill.train import parse_config
-
     config = parse_config(argv, prog="distill/train_teacher.py", description=__doc__)
     if not config.teacher.path:
         raise SystemExit("error: set teacher.path (where to save the teacher), e.g. --teacher.path runs/teacher")

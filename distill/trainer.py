@@ -1,20 +1,24 @@
-"""The accelerate training loop that builds a supernet by CA-DDKD with sandwich sampling.
+"""The distillation run that builds a supernet by CA-DDKD with sandwich sampling, on the shared training loop.
 
-`train(config)` is the whole run (`distill/train.py` is its command line):
+`train(config)` is the whole run (`distill/train.py` is its command line; `build_supernet(config)` reuses a finished
+one). `DistillRun` does it in five jobs:
 
-1. one `Accelerator` (mixed precision, gradient accumulation, trackers, `ProjectConfiguration` with automatic
-   checkpoint naming under `<output_dir>/checkpoints/checkpoint_<i>`);
-2. data (`evonets.data.classification`), teacher (`distill.teachers`; trained first by `distill.train_teacher` when
-   `teacher.train_if_missing`), supernet (`EvoNetSupernet`), projectors (`distill.losses`), all checked before the
-   first step;
-3. one `accelerator.prepare(model, optimizer, train_loader, val_loader, scheduler)`; the sandwich sampler and a step
-   counter are registered for checkpointing;
-4. resume from the latest complete checkpoint (`trainer.resume`), with `skip_first_batches` inside the epoch;
-5. per optimizer step: the sampler's subnets (largest first), each forward + backward on the same batch (gradients
-   accumulate; the largest's detached logits and projected features supervise the others), then one synchronised
-   optimizer step;
-6. logs (`train_log.jsonl`, trackers, progress bar), validation of fixed subnets, `save_state` every N steps;
-7. the supernet folder: `<output_dir>/supernet` (`save_pretrained`, config = search space, plus the image processor).
+1. **setup**: one `Accelerator` (mixed precision, gradient accumulation, trackers, `ProjectConfiguration` with
+   automatic checkpoint naming under `<output_dir>/checkpoints/checkpoint_<i>`); data (`evonets.data.classification`),
+   teacher (`distill.teachers`; trained first by `distill.train_teacher` when `teacher.train_if_missing`), supernet
+   and projectors (`distill.student`), all checked before the first step; one `accelerator.prepare(model, optimizer,
+   train_loader, val_loader, scheduler)`; the sandwich sampler and the loop's step counter registered for
+   checkpointing;
+2. **resume** from the latest complete checkpoint (`trainer.resume`; `evonets.engine.checkpoints`), or **start**
+   (the run's `config.yaml` and a `start` row);
+3. **steps** (`evonets.engine.training.TrainingLoop`, resuming inside the epoch with `skip_first_batches`): per
+   optimizer step the sampler's subnets (largest first), each forward + backward on the same batch (gradients
+   accumulate; the largest's detached logits and projected features supervise the others:
+   `distill.student.train_micro_step`), then one synchronised optimizer step;
+4. **log, evaluate, checkpoint** (`DistillCallback`): `train_log.jsonl` rows (an `evonets.engine.archive.JsonlArchive`,
+   keys sorted), trackers, progress bar, validation of fixed subnets, `save_state` every N steps;
+5. **finish**: the supernet folder `<output_dir>/supernet` (`save_pretrained`, config = search space, plus the image
+   processor and `distill_summary.json`).
 
 Multi-process: every process draws the same subnets (same sampler seed), so the model is prepared once (DDP under
 `accelerate launch --multi_gpu`), every subnet's backward runs under `no_sync`, and the accumulated gradients are
@@ -28,13 +32,10 @@ logs the same losses as an uninterrupted one.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
 import os
 import random
-import re
-import shutil
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
@@ -43,143 +44,424 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from evonets.data.classification import EpochShuffleSampler, collate, load_data, resize_batch
-from evonets.models.search_space import EvoNetSupernetConfig
+from evonets.data.classification import EpochShuffleSampler, collate, load_data
+from evonets.engine.archive import JsonlArchive
+from evonets.engine.checkpoints import resolve_resume, restore_checkpoint, save_checkpoint
+from evonets.engine.evaluation import eval_mode, evaluate
+from evonets.engine.training import Callback, TrainingLoop, TrainState, parameter_groups, torch_threads
 from evonets.models.supernet import EvoNetSupernet
 
-from .config import DistillConfig, SupernetSettings
-from .losses import DistillationLoss, TeacherTargets
+from .config import DistillConfig, TrainerConfig
+from .losses import DistillationLoss
 from .sampling import SandwichSampler
+from .student import DistillModule, build_space_config, stage_channels, sync_gradients, train_micro_step
 
-CHECKPOINT_MARKER = "distill_state.json"  # written last into a checkpoint folder: the checkpoint is complete
-_CHECKPOINT_NAME = re.compile(r"checkpoint_(\d+)")
+
+@dataclass
+class DistillResult:
+    """Where the run wrote its outputs, and its final validation accuracies."""
+
+    output_dir: Path
+    supernet_dir: Path
+    log_path: Path
+    steps: int
+    val_accuracy: dict[str, float]
+    seconds: float
+
+
+def build_supernet(config: DistillConfig, log=print) -> DistillResult:
+    """The supernet of `config`: the finished one in `trainer.output_dir` when it was distilled with this very config
+    (its `config.yaml` equal to `config`), else trained, or resumed from its latest checkpoint (`train`)."""
+    output_dir = Path(config.trainer.output_dir)
+    supernet_dir = output_dir / "supernet"
+    summary_path = supernet_dir / "distill_summary.json"
+    if summary_path.is_file() and not config_changes(output_dir / "config.yaml", config):
+        log(f"distill: reusing the finished supernet {supernet_dir}")
+        summary = json.loads(summary_path.read_text())
+        log_path = output_dir / "train_log.jsonl"
+        return DistillResult(output_dir, supernet_dir, log_path, summary["steps"], summary["val_accuracy"], 0.0)
+    return train(config)
+
+
+def train(config: DistillConfig) -> DistillResult:
+    """Run (or resume) a distillation; see the module docstring."""
+    config.validate()
+    with torch_threads(config.trainer.num_threads):
+        return DistillRun(config).run()
+
+
+# The run ------------------------------------------------------------------------------------------------------
+
+
+class RunLog:
+    """The run's `train_log.jsonl` rows and console messages, on the main process only."""
+
+    def __init__(self, path: Path, main: bool):
+        from tqdm.auto import tqdm
+
+        self.archive = JsonlArchive(path) if main else None
+        self.say = tqdm.write if main else (lambda *_: None)
+
+    def write(self, row: dict) -> None:
+        if self.archive is not None:
+            self.archive.append(row)
+
+
+class DistillRun:
+    """One distillation run: `run()` = setup, resume or start, the steps, finish (see the module docstring)."""
+
+    def __init__(self, config: DistillConfig):
+        self.config, self.settings = config, config.trainer
+        self.output_dir = Path(self.settings.output_dir).expanduser().resolve()
+        self.accelerator = make_accelerator(self.settings, self.output_dir)
+        self.resume_from = resolve_resume(self.settings, self.output_dir)
+        self.main = self.accelerator.is_main_process
+        if self.main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.log = RunLog(self.output_dir / "train_log.jsonl", self.main)
+        self.state = TrainState()
+
+    def run(self) -> DistillResult:
+        self.setup()
+        if self.resume_from is not None:
+            self.resume()
+        else:
+            self.start()
+        self.accelerator.init_trackers("distill", config=flat_config(self.config))
+        self.sandwich = SandwichStep(self)
+        callback = DistillCallback(self)
+        run_start = time.perf_counter()
+        TrainingLoop(
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            self.train_loader,
+            self.sandwich,
+            self.settings.max_steps,
+            accelerator=self.accelerator,
+            accumulation_steps=self.settings.gradient_accumulation_steps,
+            max_grad_norm=self.settings.max_grad_norm,
+            state=self.state,
+            callbacks=[callback],
+        ).run()
+        callback.close()
+        return self.finish(callback.eval_archs, callback.val_accuracy, run_start)
+
+    # Setup ----------------------------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        """Data, teacher, student, optimizer, scheduler and loaders, prepared; the sampler and the step counter
+        registered for checkpointing."""
+        config = self.config
+        space_config = build_space_config(config.supernet, num_labels=2)
+        self.image_size = config.data.image_size or max(space_config.resolution_choices)
+        self.ensure_teacher()
+        self.data = load_data(config.data, self.image_size, num_channels=space_config.num_channels)
+        space_config = build_space_config(config.supernet, self.data.num_labels, self.data.id2label)
+        self.teacher = self.load_teacher()
+        model = self.build_student(space_config)
+        optimizer, scheduler, train_loader, val_loader = self.optimization(model)
+        self.model, self.optimizer, self.train_loader, self.val_loader, self.scheduler = self.accelerator.prepare(
+            model, optimizer, train_loader, val_loader, scheduler
+        )
+        self.unwrapped: DistillModule = self.accelerator.unwrap_model(self.model)
+        self.space = self.unwrapped.supernet.search_space
+        sampling = config.sampling
+        self.sampler = SandwichSampler(
+            self.space,
+            sampling.num_random,
+            sampling.block_types,
+            sampling.seed,
+            sampling.shrink_schedule,
+            self.settings.max_steps,
+        )
+        self.accelerator.register_for_checkpointing(self.sampler, self.state)
+
+    def ensure_teacher(self) -> None:
+        """Train the teacher first (main process) when `teacher.train_if_missing` and its folder does not exist."""
+        teacher = self.config.teacher
+        if not (teacher.path and teacher.train_if_missing and not Path(teacher.path).exists()):
+            return
+        if self.main:
+            from .train_teacher import train_teacher
+
+            self.log.say(f"teacher.path {teacher.path} does not exist: training a {teacher.train.family} teacher")
+            train_teacher(self.config, log=self.log.say)
+        self.accelerator.wait_for_everyone()
+
+    def load_teacher(self):
+        """The frozen teacher on the device, or None when the loss uses none."""
+        config = self.config
+        if not config.uses_teacher:
+            return None
+        from .teachers import load_teacher
+
+        return load_teacher(
+            config.teacher.path,
+            config.teacher.stages if config.uses_features else [],
+            self.data.num_labels,
+            self.data.label_names,
+            self.image_size,
+            config.data.image_mean,
+            config.data.image_std,
+            config.teacher.image_size,
+            require_labels=config.loss.kd_weight > 0,
+        ).to(self.accelerator.device)
+
+    def build_student(self, space_config) -> DistillModule:
+        """The supernet (seeded with `trainer.seed`) and the loss's projectors to the teacher's feature widths."""
+        from accelerate.utils import set_seed
+
+        config, device = self.config, self.accelerator.device
+        stage_indices, student_channels = stage_channels(space_config, config.loss.student_stages)
+        teacher_channels = None
+        if self.teacher is not None and config.uses_features:
+            size = self.image_size
+            probe = self.teacher(torch.zeros(1, space_config.num_channels, size, size, device=device))
+            teacher_channels = [feature.shape[1] for feature in probe.features]
+        set_seed(self.settings.seed)
+        if config.supernet.init_from:
+            supernet = EvoNetSupernet.from_pretrained(config.supernet.init_from)
+        else:
+            supernet = EvoNetSupernet(space_config)
+        loss_fn = DistillationLoss(config.loss, student_channels, teacher_channels)
+        model = DistillModule(supernet, loss_fn, stage_indices).to(device)
+        model.train()
+        return model
+
+    def optimization(self, model: nn.Module) -> tuple:
+        """(AdamW, warm-up + cosine schedule, train loader, validation loader), not yet prepared."""
+        from transformers import get_cosine_schedule_with_warmup
+
+        settings, data, workers = self.settings, self.data, self.config.data.num_workers
+        optimizer = torch.optim.AdamW(parameter_groups(model, settings.weight_decay), lr=settings.lr)
+        scheduler = get_cosine_schedule_with_warmup(optimizer, settings.warmup_steps, settings.max_steps)
+        train_loader = torch.utils.data.DataLoader(
+            data.train,
+            batch_size=settings.batch_size,
+            sampler=EpochShuffleSampler(len(data.train), settings.seed),
+            collate_fn=collate,
+            drop_last=True,
+            num_workers=workers,
+        )
+        val_loader = torch.utils.data.DataLoader(
+            data.validation, batch_size=max(settings.batch_size, 128), collate_fn=collate, num_workers=workers
+        )
+        if len(train_loader) == 0:
+            raise ValueError(
+                f"trainer.batch_size = {settings.batch_size} is larger than the {len(data.train)} training examples."
+            )
+        return optimizer, scheduler, train_loader, val_loader
+
+    # Resume or start ------------------------------------------------------------------------------------------
+
+    def resume(self) -> None:
+        """Load the checkpoint (weights, optimizer, scheduler, RNG, sampler, step counter) and say so in the log."""
+        restore_checkpoint(self.accelerator, self.resume_from, self.output_dir)
+        changed = config_changes(self.output_dir / "config.yaml", self.config)
+        if changed:
+            self.log.say(f"warning: resuming with a config that differs from the run's config.yaml in {changed}")
+        self.log.say(f"resumed from {self.resume_from} at step {self.state.step}")
+        self.log.write(
+            {
+                "event": "resume",
+                "step": self.state.step,
+                "checkpoint": str(self.resume_from),
+                "time": time.time(),
+                "config_changes": changed,
+            }
+        )
+
+    def start(self) -> None:
+        """Write the run's `config.yaml` and the `start` row."""
+        if self.main:
+            (self.output_dir / "config.yaml").write_text(to_yaml(self.config))
+        self.log.write(
+            {
+                "event": "start",
+                "time": time.time(),
+                "processes": self.accelerator.num_processes,
+                "device": str(self.accelerator.device),
+                "train_examples": len(self.data.train),
+                "validation_examples": len(self.data.validation),
+                "supernet_parameters": sum(p.numel() for p in self.unwrapped.supernet.parameters()),
+                "projector_parameters": sum(p.numel() for p in self.unwrapped.loss.parameters()),
+                "teacher": self.teacher_path,
+            }
+        )
+
+    @property
+    def teacher_path(self) -> str | None:
+        return self.config.teacher.path if self.teacher is not None else None
+
+    # Finish ---------------------------------------------------------------------------------------------------
+
+    def validate(self, archs: dict[str, dict]) -> dict[str, float]:
+        """Validation accuracy of each subnet (gathered over processes, duplicates of the last batch dropped)."""
+        with eval_mode(self.model):
+            return {name: self.subnet_accuracy(arch) for name, arch in archs.items()}
+
+    def subnet_accuracy(self, arch: dict) -> float:
+        def logits(pixel_values: torch.Tensor) -> torch.Tensor:
+            return self.model(pixel_values, arch, False)[0]
+
+        scores = evaluate(logits, self.val_loader, arch["resolution"], gather=self.accelerator.gather_for_metrics)
+        return scores["accuracy"]
+
+    def finish(self, eval_archs: dict[str, dict], val_accuracy: dict[str, float], run_start: float) -> DistillResult:
+        """Save the supernet folder, write the `end` row, close the trackers."""
+        if not val_accuracy:  # resumed a finished run
+            val_accuracy = self.validate(eval_archs)
+        in_sync = ranks_in_sync(self.accelerator, self.unwrapped)
+        supernet_dir = self.output_dir / "supernet"
+        self.accelerator.wait_for_everyone()
+        self.unwrapped.supernet.save_pretrained(
+            supernet_dir, is_main_process=self.main, save_function=self.accelerator.save
+        )
+        if self.main:
+            self.data.processor.save_pretrained(supernet_dir)
+            self.write_summary(supernet_dir, eval_archs, val_accuracy)
+        seconds = time.perf_counter() - run_start
+        self.log.write(
+            {
+                "event": "end",
+                "step": self.state.step,
+                "supernet": str(supernet_dir),
+                "seconds": round(seconds, 2),
+                "ranks_in_sync": in_sync,
+            }
+        )
+        self.log.say(f"supernet saved to {supernet_dir}")
+        self.accelerator.end_training()
+        log_path = self.output_dir / "train_log.jsonl"
+        return DistillResult(self.output_dir, supernet_dir, log_path, self.state.step, val_accuracy, seconds)
+
+    def write_summary(self, supernet_dir: Path, eval_archs: dict[str, dict], val_accuracy: dict[str, float]) -> None:
+        summary = {
+            "steps": self.state.step,
+            "val_accuracy": val_accuracy,
+            "evaluated_architectures": {name: self.space.encode(arch) for name, arch in eval_archs.items()},
+            "teacher": self.teacher_path,
+            "config": asdict(self.config),
+        }
+        (supernet_dir / "distill_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+class SandwichStep:
+    """The loop's step function: at each optimizer step's first micro-batch the sampler's subnets for that step, then
+    forward + backward of each of them on the micro-batch (`train_micro_step`)."""
+
+    def __init__(self, run: DistillRun):
+        self.run = run
+        self.subnets: list[tuple[str, dict]] = []
+
+    def __call__(self, batch: dict) -> dict[str, float]:
+        run = self.run
+        if run.state.micro_step % run.settings.gradient_accumulation_steps == 0:
+            self.subnets = run.sampler.sample(run.state.step)
+        return train_micro_step(run.accelerator, run.model, run.unwrapped, run.teacher, batch, self.subnets, run.config)
+
+
+class DistillCallback(Callback):
+    """The gradient all-reduce before each optimizer step; after it the progress bar, the log rows (window means of
+    the loss terms, throughput), the validation of fixed subnets and the checkpoints."""
+
+    def __init__(self, run: DistillRun):
+        from tqdm.auto import tqdm
+
+        self.run, settings = run, run.settings
+        self.eval_archs = evaluation_archs(run.space)
+        self.val_accuracy: dict[str, float] = {}
+        self.global_batch = settings.batch_size * run.accelerator.num_processes * settings.gradient_accumulation_steps
+        self.progress = tqdm(
+            total=settings.max_steps,
+            initial=run.state.step,
+            disable=not (run.main and settings.progress_bar),
+            desc="distill",
+            dynamic_ncols=True,
+        )
+        self.window: dict[str, list[float]] = defaultdict(list)
+        self.window_start, self.window_steps = time.perf_counter(), 0
+
+    def before_optimizer_step(self, loop: TrainingLoop, values: dict[str, float]) -> None:
+        sync_gradients(loop.model, self.run.accelerator.num_processes)
+
+    def on_micro_step_end(self, loop: TrainingLoop, values: dict[str, float]) -> None:
+        for name, value in values.items():
+            self.window[name].append(value)
+
+    def on_step_end(self, loop: TrainingLoop, values: dict[str, float]) -> None:
+        settings, step = self.run.settings, loop.state.step
+        self.window_steps += 1
+        self.progress.update(1)
+        last = step == settings.max_steps
+        if step % settings.log_every == 0 or last:
+            self.log_window(loop)
+        if (settings.eval_every and step % settings.eval_every == 0) or last:
+            self.evaluate(step)
+        if settings.save_every and step % settings.save_every == 0:
+            path = save_checkpoint(self.run.accelerator, loop.state)
+            self.run.log.write({"event": "checkpoint", "step": step, "path": str(path)})
+            self.window_start = time.perf_counter()
+
+    def log_window(self, loop: TrainingLoop) -> None:
+        """One row of the window's means (averaged over processes), then a fresh window."""
+        accelerator = self.run.accelerator
+        names = sorted(self.window)
+        means = torch.tensor(
+            [sum(self.window[n]) / len(self.window[n]) for n in names], dtype=torch.float64, device=accelerator.device
+        )
+        if accelerator.num_processes > 1:
+            means = accelerator.reduce(means, reduction="mean")
+        elapsed = max(time.perf_counter() - self.window_start, 1e-9)
+        row = {"step": loop.state.step, "epoch": loop.epoch, "lr": float(loop.scheduler.get_last_lr()[0])}
+        row.update({name: float(value) for name, value in zip(names, means.tolist())})
+        row["images_per_s"] = float(self.window_steps * self.global_batch / elapsed)
+        row["subnet_images_per_s"] = row["images_per_s"] * len(self.run.sandwich.subnets)
+        self.run.log.write(row)
+        accelerator.log({k: v for k, v in row.items() if isinstance(v, float)}, step=loop.state.step)
+        self.progress.set_postfix(loss=f"{row['loss']:.3f}", img_s=f"{row['images_per_s']:.0f}")
+        self.window.clear()
+        self.window_start, self.window_steps = time.perf_counter(), 0
+
+    def evaluate(self, step: int) -> None:
+        self.val_accuracy = self.run.validate(self.eval_archs)
+        self.run.log.write({"event": "eval", "step": step, "val_accuracy": self.val_accuracy})
+        self.run.accelerator.log({f"val_accuracy/{k}": v for k, v in self.val_accuracy.items()}, step=step)
+        self.run.log.say(
+            f"step {step}: val accuracy " + ", ".join(f"{k} {v:.3f}" for k, v in self.val_accuracy.items())
+        )
+        self.window_start = time.perf_counter()  # evaluation time is not training throughput
+
+    def close(self) -> None:
+        self.progress.close()
 
 
 # Building blocks ----------------------------------------------------------------------------------------------
 
 
-def build_space_config(
-    settings: SupernetSettings, num_labels: int, id2label: dict[int, str] | None = None
-) -> EvoNetSupernetConfig:
-    """The supernet's search space: the preset with the overrides, or a saved supernet's, with the data's labels."""
-    labels = {"num_labels": num_labels}
-    if id2label is not None:
-        labels = {"id2label": dict(id2label), "label2id": {name: index for index, name in id2label.items()}}
-    if settings.init_from:
-        config = EvoNetSupernetConfig.from_pretrained(settings.init_from)
-        if id2label is not None and config.num_labels != len(id2label):
-            raise ValueError(
-                f"supernet.init_from = {settings.init_from!r} has num_labels = {config.num_labels}, but the data has "
-                f"{len(id2label)} classes."
-            )
-        return config
-    unknown = sorted(
-        set(settings.overrides) - set(EvoNetSupernetConfig().to_dict()) - {"num_labels", "id2label", "label2id"}
+def make_accelerator(settings: TrainerConfig, output_dir: Path):
+    """The run's `Accelerator`: gradient accumulation counted by the loop's micro-batches, the scheduler stepped by
+    hand, trackers, and automatic checkpoint naming under `<output_dir>/checkpoints` (`total_limit` kept)."""
+    from accelerate import Accelerator
+    from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration
+
+    return Accelerator(
+        cpu=use_cpu(settings.cpu),
+        mixed_precision=settings.mixed_precision,
+        gradient_accumulation_plugin=GradientAccumulationPlugin(
+            num_steps=settings.gradient_accumulation_steps, sync_with_dataloader=False
+        ),
+        step_scheduler_with_optimizer=False,
+        log_with=resolve_trackers(settings.log_with),
+        project_dir=str(output_dir),
+        project_config=ProjectConfiguration(
+            project_dir=str(output_dir),
+            logging_dir=str(output_dir / "logs"),
+            automatic_checkpoint_naming=True,
+            total_limit=settings.total_limit,
+        ),
     )
-    if unknown:
-        raise ValueError(
-            f"Config field supernet.overrides has unknown keys {unknown}: expected fields of EvoNetSupernetConfig."
-        )
-    overrides = {**settings.overrides, **labels}
-    if settings.preset == "tiny":
-        return EvoNetSupernetConfig.tiny(**overrides)
-    return EvoNetSupernetConfig(**overrides)
-
-
-def stage_channels(space_config: EvoNetSupernetConfig, indices: list[int]) -> tuple[list[int], list[int]]:
-    """Resolve student stage indices (into hidden_states: 0 = stem, i = stage i) to non-negative ones, and give each
-    the largest width it can have."""
-    count = space_config.num_stages + 1
-    resolved, channels = [], []
-    for index in indices:
-        if not -count <= index < count:
-            raise ValueError(
-                f"Config field loss.student_stages has index {index}, but the supernet has {count} hidden states "
-                f"(stem + {space_config.num_stages} stages; valid: {-count} .. {count - 1})."
-            )
-        index %= count
-        resolved.append(index)
-        channels.append(max(space_config.width_choices[max(0, index - 1)]))
-    return resolved, channels
-
-
-class DistillModule(nn.Module):
-    """The trainable parts in one module (one `prepare`, one checkpoint): the supernet and the loss's projectors."""
-
-    def __init__(self, supernet: EvoNetSupernet, loss: DistillationLoss, stage_indices: list[int]):
-        super().__init__()
-        self.supernet = supernet
-        self.loss = loss
-        self.stage_indices = stage_indices
-
-    def forward(self, pixel_values: torch.Tensor, arch: dict, with_features: bool = True):
-        """(logits, [chosen stage maps (B, C, H, W)]) of subnet `arch`."""
-        with_features = with_features and self.loss.uses_features
-        outputs = self.supernet(pixel_values, arch=arch, output_hidden_states=with_features, return_dict=True)
-        features = [outputs.hidden_states[index] for index in self.stage_indices] if with_features else []
-        return outputs.logits, features
-
-
-class TrainState:
-    """The step counters, registered for checkpointing."""
-
-    def __init__(self):
-        self.step = 0  # optimizer steps done
-        self.micro_step = 0  # micro-batches done (step * gradient_accumulation_steps at checkpoints)
-
-    def state_dict(self) -> dict:
-        return {"step": self.step, "micro_step": self.micro_step}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.step, self.micro_step = int(state["step"]), int(state["micro_step"])
-
-
-def parameter_groups(module: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: decay on weight matrices / kernels; none on norms, biases, SSM decay rates and skips."""
-    decay, no_decay = [], []
-    for name, parameter in module.named_parameters():
-        if not parameter.requires_grad:
-            continue
-        leaf = name.rsplit(".", 1)[-1]
-        if parameter.ndim < 2 or leaf.endswith("bias") or leaf in ("A_log", "D"):
-            no_decay.append(parameter)
-        else:
-            decay.append(parameter)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def find_checkpoints(output_dir: Path) -> tuple[list[Path], list[Path]]:
-    """(complete, incomplete) checkpoint folders under `output_dir/checkpoints`, by index."""
-    folder = output_dir / "checkpoints"
-    if not folder.is_dir():
-        return [], []
-    found = sorted(
-        (int(match.group(1)), path)
-        for path in folder.iterdir()
-        if (match := _CHECKPOINT_NAME.fullmatch(path.name)) and path.is_dir()
-    )
-    complete = [path for _, path in found if (path / CHECKPOINT_MARKER).is_file()]
-    incomplete = [path for _, path in found if not (path / CHECKPOINT_MARKER).is_file()]
-    return complete, incomplete
-
-
-def resolve_resume(trainer_config, output_dir: Path) -> Path | None:
-    """The checkpoint to resume from, per `trainer.resume` (see its docstring)."""
-    mode = trainer_config.resume
-    complete, _ = find_checkpoints(output_dir)
-    if mode == "auto":
-        return complete[-1] if complete else None
-    if mode == "never":
-        if complete:
-            raise ValueError(
-                f"trainer.resume = 'never' but {output_dir}/checkpoints holds checkpoints ({complete[-1].name}): use "
-                "another trainer.output_dir, delete them, or resume ('auto')."
-            )
-        return None
-    path = Path(mode).expanduser()
-    if not (path / CHECKPOINT_MARKER).is_file():
-        raise ValueError(f"Config field trainer.resume = {mode!r} is invalid: not a complete checkpoint folder.")
-    return path
 
 
 def use_cpu(requested: bool) -> bool:
@@ -223,43 +505,6 @@ def flat_config(config: DistillConfig) -> dict:
     return flat
 
 
-class JsonlLog:
-    """Append-only JSON-lines log, flushed and fsynced per row (main process only)."""
-
-    def __init__(self, path: Path, enabled: bool):
-        self.path, self.enabled = path, enabled
-
-    def write(self, row: dict) -> None:
-        if not self.enabled:
-            return
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(row) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-
-
-def sync_gradients(module: nn.Module, num_processes: int) -> None:
-    """Average every trainable parameter's gradient over processes in one flat all-reduce. Every process ran the same
-    subnets, so the same parameters have gradients; missing ones count as zero and stay None when zero everywhere."""
-    if num_processes == 1:
-        return
-    parameters = [p for p in module.parameters() if p.requires_grad]
-    missing = [p.grad is None for p in parameters]
-    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in parameters])
-    torch.distributed.all_reduce(flat)
-    flat /= num_processes
-    offset = 0
-    for parameter, was_missing in zip(parameters, missing):
-        chunk = flat[offset : offset + parameter.numel()].view_as(parameter)
-        offset += parameter.numel()
-        if was_missing and not bool(chunk.any()):
-            continue
-        if parameter.grad is None:
-            parameter.grad = chunk.clone()
-        else:
-            parameter.grad.copy_(chunk)
-
-
 def evaluation_archs(space, seed: int = 12345, num_random: int = 2) -> dict[str, dict]:
     """Fixed subnets validated during training: the space's largest and smallest, and a few seeded random ones."""
     rng = random.Random(seed)
@@ -267,346 +512,6 @@ def evaluation_archs(space, seed: int = 12345, num_random: int = 2) -> dict[str,
     for index in range(num_random):
         archs[f"random{index}"] = space.sample(rng)
     return archs
-
-
-@torch.no_grad()
-def evaluate(accelerator, model, loader, archs: dict[str, dict]) -> dict[str, float]:
-    """Validation accuracy of each subnet (gathered over processes, duplicates of the last batch dropped)."""
-    was_training = model.training
-    model.eval()
-    results = {}
-    for name, arch in archs.items():
-        correct = count = 0
-        for batch in loader:
-            logits, _ = model(resize_batch(batch["pixel_values"], arch["resolution"]), arch, False)
-            predictions, labels = accelerator.gather_for_metrics((logits.argmax(-1), batch["labels"]))
-            correct += int((predictions == labels).sum())
-            count += labels.numel()
-        results[name] = correct / max(1, count)
-    model.train(was_training)
-    return results
-
-
-@dataclass
-class DistillResult:
-    """Where the run wrote its outputs, and its final validation accuracies."""
-
-    output_dir: Path
-    supernet_dir: Path
-    log_path: Path
-    steps: int
-    val_accuracy: dict[str, float]
-    seconds: float
-
-
-# The run ------------------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def torch_threads(count: int | None):
-    """`torch.set_num_threads(count)` inside the block (nothing when None), restored after it."""
-    previous = torch.get_num_threads()
-    if count:
-        torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-def train(config: DistillConfig) -> DistillResult:
-    """Run (or resume) a distillation; see the module docstring."""
-    config.validate()
-    with torch_threads(config.trainer.num_threads):
-        return _train(config)
-
-
-def _train(config: DistillConfig) -> DistillResult:
-    from accelerate import Accelerator
-    from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration, set_seed
-    from tqdm.auto import tqdm
-    from transformers import get_cosine_schedule_with_warmup
-
-    run = config.trainer
-    output_dir = Path(run.output_dir).expanduser().resolve()
-    accelerator = Accelerator(
-        cpu=use_cpu(run.cpu),
-        mixed_precision=run.mixed_precision,
-        gradient_accumulation_plugin=GradientAccumulationPlugin(
-            num_steps=run.gradient_accumulation_steps, sync_with_dataloader=False
-        ),
-        step_scheduler_with_optimizer=False,
-        log_with=resolve_trackers(run.log_with),
-        project_dir=str(output_dir),
-        project_config=ProjectConfiguration(
-            project_dir=str(output_dir),
-            logging_dir=str(output_dir / "logs"),
-            automatic_checkpoint_naming=True,
-            total_limit=run.total_limit,
-        ),
-    )
-    resume_from = resolve_resume(run, output_dir)
-    main = accelerator.is_main_process
-    if main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-    log = JsonlLog(output_dir / "train_log.jsonl", main)
-    say = tqdm.write if main else (lambda *_: None)
-
-    # Data, teacher, supernet: everything checked before the first step.
-    space_config = build_space_config(config.supernet, num_labels=2)
-    image_size = config.data.image_size or max(space_config.resolution_choices)
-    if config.teacher.path and config.teacher.train_if_missing and not Path(config.teacher.path).exists():
-        if main:
-            from .train_teacher import train_teacher
-
-            say(f"teacher.path {config.teacher.path} does not exist: training a {config.teacher.train.family} teacher")
-            train_teacher(config, log=say)
-        accelerator.wait_for_everyone()
-    data = load_data(config.data, image_size, num_channels=space_config.num_channels)
-    space_config = build_space_config(config.supernet, data.num_labels, data.id2label)
-    teacher = None
-    if config.uses_teacher:
-        from .teachers import load_teacher
-
-        teacher = load_teacher(
-            config.teacher.path,
-            config.teacher.stages if config.uses_features else [],
-            data.num_labels,
-            data.label_names,
-            image_size,
-            config.data.image_mean,
-            config.data.image_std,
-            config.teacher.image_size,
-            require_labels=config.loss.kd_weight > 0,
-        ).to(accelerator.device)
-    stage_indices, student_channels = stage_channels(space_config, config.loss.student_stages)
-    teacher_channels = None
-    if teacher is not None and config.uses_features:
-        probe = teacher(torch.zeros(1, space_config.num_channels, image_size, image_size, device=accelerator.device))
-        teacher_channels = [feature.shape[1] for feature in probe.features]
-
-    set_seed(run.seed)
-    if config.supernet.init_from:
-        supernet = EvoNetSupernet.from_pretrained(config.supernet.init_from)
-    else:
-        supernet = EvoNetSupernet(space_config)
-    loss_fn = DistillationLoss(config.loss, student_channels, teacher_channels)
-    model = DistillModule(supernet, loss_fn, stage_indices).to(accelerator.device)
-    model.train()
-    space = supernet.search_space
-
-    optimizer = torch.optim.AdamW(parameter_groups(model, run.weight_decay), lr=run.lr)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, run.warmup_steps, run.max_steps)
-    train_sampler = EpochShuffleSampler(len(data.train), run.seed)
-    train_loader = torch.utils.data.DataLoader(
-        data.train,
-        batch_size=run.batch_size,
-        sampler=train_sampler,
-        collate_fn=collate,
-        drop_last=True,
-        num_workers=config.data.num_workers,
-    )
-    val_loader = torch.utils.data.DataLoader(
-        data.validation, batch_size=max(run.batch_size, 128), collate_fn=collate, num_workers=config.data.num_workers
-    )
-    if len(train_loader) == 0:
-        raise ValueError(
-            f"trainer.batch_size = {run.batch_size} is larger than the {len(data.train)} training examples."
-        )
-    model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
-        model, optimizer, train_loader, val_loader, scheduler
-    )
-    sampler = SandwichSampler(
-        space,
-        config.sampling.num_random,
-        config.sampling.block_types,
-        config.sampling.seed,
-        config.sampling.shrink_schedule,
-        run.max_steps,
-    )
-    state = TrainState()
-    accelerator.register_for_checkpointing(sampler, state)
-    unwrapped: DistillModule = accelerator.unwrap_model(model)
-
-    if resume_from is not None:
-        accelerator.load_state(str(resume_from))
-        if main:  # a checkpoint interrupted while being written is garbage
-            for path in find_checkpoints(output_dir)[1]:
-                shutil.rmtree(path, ignore_errors=True)
-        accelerator.wait_for_everyone()
-        indices = [int(_CHECKPOINT_NAME.fullmatch(p.name).group(1)) for p in find_checkpoints(output_dir)[0]]
-        accelerator.project_configuration.iteration = max(indices) + 1
-        changed = config_changes(output_dir / "config.yaml", config)
-        if changed:
-            say(f"warning: resuming with a config that differs from the run's config.yaml in {changed}")
-        say(f"resumed from {resume_from} at step {state.step}")
-        log.write(
-            {
-                "event": "resume",
-                "step": state.step,
-                "checkpoint": str(resume_from),
-                "time": time.time(),
-                "config_changes": changed,
-            }
-        )
-    else:
-        if main:
-            (output_dir / "config.yaml").write_text(_to_yaml(config))
-        log.write(
-            {
-                "event": "start",
-                "time": time.time(),
-                "processes": accelerator.num_processes,
-                "device": str(accelerator.device),
-                "train_examples": len(data.train),
-                "validation_examples": len(data.validation),
-                "supernet_parameters": sum(p.numel() for p in unwrapped.supernet.parameters()),
-                "projector_parameters": sum(p.numel() for p in unwrapped.loss.parameters()),
-                "teacher": config.teacher.path if teacher is not None else None,
-            }
-        )
-    accelerator.init_trackers("distill", config=flat_config(config))
-
-    eval_archs = evaluation_archs(space)
-    accumulation = run.gradient_accumulation_steps
-    global_batch = run.batch_size * accelerator.num_processes * accumulation
-    progress = tqdm(
-        total=run.max_steps,
-        initial=state.step,
-        disable=not (main and run.progress_bar),
-        desc="distill",
-        dynamic_ncols=True,
-    )
-    window: dict[str, list[float]] = defaultdict(list)
-    window_start, window_steps = time.perf_counter(), 0
-    run_start = time.perf_counter()
-    subnets: list[tuple[str, dict]] = []
-    val_accuracy: dict[str, float] = {}
-
-    while state.step < run.max_steps:
-        epoch, skip = divmod(state.micro_step, len(train_loader))
-        train_loader.set_epoch(epoch)
-        loader = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
-        for batch in loader:
-            if state.micro_step % accumulation == 0:
-                subnets = sampler.sample(state.step)
-            with accelerator.accumulate(model):
-                terms = train_micro_step(accelerator, model, unwrapped, teacher, batch, subnets, config)
-                state.micro_step += 1
-                if accelerator.sync_gradients:
-                    sync_gradients(model, accelerator.num_processes)
-                    if run.max_grad_norm > 0:
-                        terms["grad_norm"] = float(accelerator.clip_grad_norm_(model.parameters(), run.max_grad_norm))
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-            for name, value in terms.items():
-                window[name].append(value)
-            if not accelerator.sync_gradients:
-                continue
-            state.step += 1
-            window_steps += 1
-            progress.update(1)
-            last = state.step == run.max_steps
-            if state.step % run.log_every == 0 or last:
-                row = _log_row(
-                    accelerator, window, state, epoch, scheduler, global_batch, len(subnets), window_steps, window_start
-                )
-                log.write(row)
-                accelerator.log({k: v for k, v in row.items() if isinstance(v, float)}, step=state.step)
-                progress.set_postfix(loss=f"{row['loss']:.3f}", img_s=f"{row['images_per_s']:.0f}")
-                window.clear()
-                window_start, window_steps = time.perf_counter(), 0
-            if (run.eval_every and state.step % run.eval_every == 0) or last:
-                val_accuracy = evaluate(accelerator, model, val_loader, eval_archs)
-                log.write({"event": "eval", "step": state.step, "val_accuracy": val_accuracy})
-                accelerator.log({f"val_accuracy/{k}": v for k, v in val_accuracy.items()}, step=state.step)
-                say(f"step {state.step}: val accuracy " + ", ".join(f"{k} {v:.3f}" for k, v in val_accuracy.items()))
-                window_start = time.perf_counter()  # evaluation time is not training throughput
-            if run.save_every and state.step % run.save_every == 0:
-                save_checkpoint(accelerator, state, log)
-                window_start = time.perf_counter()
-            if last:
-                break
-    progress.close()
-
-    if not val_accuracy:  # resumed a finished run
-        val_accuracy = evaluate(accelerator, model, val_loader, eval_archs)
-    in_sync = ranks_in_sync(accelerator, unwrapped)
-    supernet_dir = output_dir / "supernet"
-    accelerator.wait_for_everyone()
-    unwrapped.supernet.save_pretrained(supernet_dir, is_main_process=main, save_function=accelerator.save)
-    if main:
-        data.processor.save_pretrained(supernet_dir)
-        summary = {
-            "steps": state.step,
-            "val_accuracy": val_accuracy,
-            "evaluated_architectures": {name: space.encode(arch) for name, arch in eval_archs.items()},
-            "teacher": config.teacher.path if teacher is not None else None,
-            "config": asdict(config),
-        }
-        (supernet_dir / "distill_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    seconds = time.perf_counter() - run_start
-    log.write(
-        {
-            "event": "end",
-            "step": state.step,
-            "supernet": str(supernet_dir),
-            "seconds": round(seconds, 2),
-            "ranks_in_sync": in_sync,
-        }
-    )
-    say(f"supernet saved to {supernet_dir}")
-    accelerator.end_training()
-    return DistillResult(output_dir, supernet_dir, output_dir / "train_log.jsonl", state.step, val_accuracy, seconds)
-
-
-def train_micro_step(
-    accelerator, model, unwrapped: DistillModule, teacher, batch, subnets, config: DistillConfig
-) -> dict[str, float]:
-    """Forward + backward of every subnet on one micro-batch; returns the logged values (unweighted terms, summed
-    weighted loss, per-role CE)."""
-    pixel_values, labels = batch["pixel_values"], batch["labels"]
-    teacher_targets = None
-    if teacher is not None:
-        with accelerator.autocast():
-            teacher_targets = teacher(pixel_values, with_features=unwrapped.loss.uses_features)
-    inplace: TeacherTargets | None = None
-    sums: dict[str, float] = defaultdict(float)
-    counts: dict[str, int] = defaultdict(int)
-    total = 0.0
-    for role, arch in subnets:
-        with accelerator.no_sync(model):
-            logits, features = model(resize_batch(pixel_values, arch["resolution"]), arch, True)
-            result = unwrapped.loss(logits, features, labels, role, teacher=teacher_targets, inplace=inplace)
-            accelerator.backward(result.total)  # accelerate divides by gradient_accumulation_steps
-        if role == "largest":
-            inplace = TeacherTargets(logits=logits.detach().float(), features=[p.detach() for p in result.projected])
-        total += float(result.total.detach())
-        for name, value in result.terms.items():
-            sums[name] += value
-            counts[name] += 1
-        if "ce" in result.terms and role in ("largest", "smallest"):
-            sums[f"ce_{role}"] += result.terms["ce"]
-            counts[f"ce_{role}"] += 1
-    logged = {name: sums[name] / counts[name] for name in sums}
-    logged["loss"] = total
-    return logged
-
-
-def _log_row(accelerator, window, state, epoch, scheduler, global_batch, num_subnets, steps, start) -> dict:
-    names = sorted(window)
-    means = torch.tensor(
-        [sum(window[n]) / len(window[n]) for n in names], dtype=torch.float64, device=accelerator.device
-    )
-    if accelerator.num_processes > 1:
-        means = accelerator.reduce(means, reduction="mean")
-    elapsed = max(time.perf_counter() - start, 1e-9)
-    row = {"step": state.step, "epoch": epoch, "lr": float(scheduler.get_last_lr()[0])}
-    row.update({name: float(value) for name, value in zip(names, means.tolist())})
-    row["images_per_s"] = float(steps * global_batch / elapsed)
-    row["subnet_images_per_s"] = row["images_per_s"] * num_subnets
-    return row
 
 
 def ranks_in_sync(accelerator, module: nn.Module) -> bool:
@@ -619,17 +524,6 @@ def ranks_in_sync(accelerator, module: nn.Module) -> bool:
     return bool(torch.all(gathered == gathered[0]))
 
 
-def save_checkpoint(accelerator, state: TrainState, log: JsonlLog) -> Path:
-    """`save_state` into the next `checkpoint_<i>`, then the completeness marker."""
-    path = Path(accelerator.save_state())
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        (path / CHECKPOINT_MARKER).write_text(json.dumps(state.state_dict()) + "\n")
-    accelerator.wait_for_everyone()
-    log.write({"event": "checkpoint", "step": state.step, "path": str(path)})
-    return path
-
-
 def config_changes(saved_path: Path, config: DistillConfig) -> list[str]:
     """Dotted keys whose value differs between the run's saved config.yaml and `config` (empty if none or unsaved)."""
     import yaml
@@ -637,7 +531,7 @@ def config_changes(saved_path: Path, config: DistillConfig) -> list[str]:
     if not saved_path.is_file():
         return []
     saved = yaml.safe_load(saved_path.read_text()) or {}
-    current = yaml.safe_load(_to_yaml(config))
+    current = yaml.safe_load(to_yaml(config))
 
     def flatten(value, prefix=""):
         if isinstance(value, dict):
@@ -648,21 +542,11 @@ def config_changes(saved_path: Path, config: DistillConfig) -> list[str]:
     return sorted(key for key in old.keys() | new.keys() if old.get(key) != new.get(key))
 
 
-def _to_yaml(config: DistillConfig) -> str:
+def to_yaml(config: DistillConfig) -> str:
+    """The config as the run's `config.yaml` holds it."""
     import yaml
 
     return yaml.safe_dump(asdict(config), sort_keys=False)
 
 
-__all__ = [
-    "DistillModule",
-    "DistillResult",
-    "TrainState",
-    "build_space_config",
-    "evaluate",
-    "find_checkpoints",
-    "parameter_groups",
-    "stage_channels",
-    "sync_gradients",
-    "train",
-]
+__all__ = ["DistillCallback", "DistillResult", "DistillRun", "build_supernet", "config_changes", "train"]

@@ -15,8 +15,9 @@ Importing the package is light (no torch): the commands check for a token or off
 """
 
 from .cards import build_cards, model_card, supernet_card
-from .export import export_folder, export_pretrained, export_run
+from .export import export_folder, export_pretrained
 from .push import PushError, push
+from .run_export import export_run
 
 __all__ = [
     "PushError",

@@ -97,11 +97,13 @@ def _build(args) -> None:
 def _export(args) -> None:
     from pathlib import Path
 
-    from .export import export_folder, export_run, run_latency_settings
-    from .run_folder import load_run
+    from search.run_folder import is_run_folder, load_run
+
+    from .export import export_folder, run_latency_settings
+    from .run_export import export_run
 
     path = Path(args.path)
-    if (path / "pareto.json").is_file():
+    if is_run_folder(path):
         run = load_run(path, args.supernet_dir)
         if args.image_size is not None:
             raise ValueError(
@@ -111,7 +113,7 @@ def _export(args) -> None:
         _override(settings, args)
         results = export_run(path, model=args.model, atol=args.atol, latency=settings, **_card_kwargs(args))
     else:
-        from search.latency import LatencySettings
+        from evonets.deploy.latency import LatencySettings
 
         if args.model is not None:
             raise ValueError(f"--model is for run folders; {path} is not one (no pareto.json).")

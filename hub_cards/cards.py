@@ -9,10 +9,12 @@
   `pareto.png` (the supernet's own folder belongs to the distillation and may serve several runs, so it is not
   written to).
 
-Everything on a card is read from the run folder and what it points to (`run_folder.py`); what is missing is said
-to be missing. The metrics go into the card's `model-index` metadata (`EvalResult`s), which the Hub shows and
+Everything on a card is read from the run folder and what it points to, through the search's reader of run folders
+(`search.run_folder`, the only part of `search` this package uses); what is missing is said to be missing. The
+metrics go into the card's `model-index` metadata (`EvalResult`s), which the Hub shows and
 `ModelCard.load(path).data.eval_results` parses back. Sections shared by both cards (the distillation recipe, the
-rank check) are Jinja partials of `templates/` rendered first and passed in.
+rank check) are Jinja partials of `templates/` rendered first and passed in. The ONNX section reads what
+`hub_cards.export` wrote (`onnx_export.json`); the export itself knows nothing of cards.
 """
 
 from __future__ import annotations
@@ -26,15 +28,15 @@ from pathlib import Path
 import jinja2
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from search.run_folder import PLOT, RankCheck, RunFolder, find_rank_check, load_run
+
 from .export import ONNX_REPORT
-from .run_folder import RankCheck, RunFolder, find_rank_check, load_run, read_json
 
 logger = logging.getLogger(__name__)
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 DEFAULT_LICENSE = "apache-2.0"
 SUPERNET_CARD_DIR = "supernet_card"
-PLOT = "pareto.png"
 RUNTIMES = {"torch": "PyTorch eager", "onnxruntime": "ONNX Runtime"}
 LOW_TAU = 0.5  # below this, the limitations say the front's order may not survive stand-alone training
 
@@ -366,7 +368,7 @@ def model_card(
 
     model_dir = run.model_dir(member)
     config = EvoNetConfig.from_pretrained(model_dir)
-    saved = read_json(model_dir / "search_result.json") or {}
+    saved = run.search_result(member) or {}
     fingerprint = saved.get("latency_fingerprint") or run.info.get("latency_fingerprint", {})
     data = describe_data(run)
     check = run.standalone_check_of(member)
@@ -374,9 +376,6 @@ def model_card(
     metrics = member["metrics"]
     title = repo_id.split("/")[-1] if repo_id else f"EvoNet {member['hash']}"
 
-    eval_results = [_accuracy(data, "validation", metrics["accuracy"], "Validation accuracy (supernet weights)")]
-    if check is not None and "test_accuracy" in check:
-        eval_results.append(_accuracy(data, "test", check["test_accuracy"], "Test accuracy"))
     block_types = sorted(
         {
             config.block_args(stage, index)["block_type"]
@@ -384,17 +383,7 @@ def model_card(
             for index in range(config.depths[stage])
         }
     )
-    card_data = ModelCardData(
-        model_name=title,
-        license=license,
-        library_name="transformers",
-        pipeline_tag="image-classification",
-        tags=["evonets", "image-classification", "neural-architecture-search", "custom_code", *block_types],
-        datasets=[data["type"]] if (run.data_config or {}).get("source") == "hub" else None,
-        metrics=["accuracy"],
-        base_model=supernet_repo_id,
-        eval_results=eval_results,
-    )
+    card_data = _model_card_data(run, member, data, check, title, block_types, supernet_repo_id, license)
     by_accuracy = sorted(run.front, key=lambda other: -other["metrics"]["accuracy"])
     by_latency = sorted(run.front, key=lambda other: other["latency"]["ms"])
     supernet_ref = supernet_repo_id or (str(run.supernet_dir.resolve()) if run.supernet_dir else None)
@@ -435,6 +424,34 @@ def model_card(
     return ModelCard.from_template(card_data, template_path=str(TEMPLATES / "model_card.md"), **context)
 
 
+def _model_card_data(
+    run: RunFolder,
+    member: dict,
+    data: dict,
+    check: dict | None,
+    title: str,
+    block_types: list[str],
+    supernet_repo_id: str | None,
+    license: str,
+) -> ModelCardData:
+    """The model card's metadata: tags, licence, base model, and the accuracies as `model-index` results."""
+    accuracy = member["metrics"]["accuracy"]
+    eval_results = [_accuracy(data, "validation", accuracy, "Validation accuracy (supernet weights)")]
+    if check is not None and "test_accuracy" in check:
+        eval_results.append(_accuracy(data, "test", check["test_accuracy"], "Test accuracy"))
+    return ModelCardData(
+        model_name=title,
+        license=license,
+        library_name="transformers",
+        pipeline_tag="image-classification",
+        tags=["evonets", "image-classification", "neural-architecture-search", "custom_code", *block_types],
+        datasets=[data["type"]] if (run.data_config or {}).get("source") == "hub" else None,
+        metrics=["accuracy"],
+        base_model=supernet_repo_id,
+        eval_results=eval_results,
+    )
+
+
 def supernet_card(
     run: RunFolder,
     *,
@@ -445,7 +462,6 @@ def supernet_card(
     """The `ModelCard` of the run's supernet; its snippets load `repo_id` (default: the supernet folder's path)."""
     from safetensors import safe_open
 
-    from evonets import BLOCK_TYPES
     from evonets.models.search_space import EvoNetSupernetConfig
 
     if run.supernet_dir is None:
@@ -478,32 +494,8 @@ def supernet_card(
         metrics=["accuracy"],
         eval_results=eval_results,
     )
-    stages = []
-    for stage in range(space.num_stages):
-        allowed = {kind for index in range(space.max_depth(stage)) for kind in space.block_type_choices(stage, index)}
-        types = [kind for kind in BLOCK_TYPES if kind in allowed]
-        stages.append(
-            {
-                "index": f"stage{stage + 1}",
-                "depth": _choices(space_config.depth_choices[stage]),
-                "width": _choices(space_config.width_choices[stage]),
-                "block_types": ", ".join(types),
-                **{gene: _choices(space.size_choices(stage, gene)) for gene in ("mlp_ratio", "d_state", "ssm_ratio")},
-                "num_heads": _choices(space.size_choices(stage, "num_heads")),
-            }
-        )
     rank = rank_check_facts(rank_check)
-    front = [
-        {
-            "hash": member["hash"],
-            "encoding": member["encoding"],
-            "accuracy": f"{member['metrics']['accuracy']:.4f}",
-            "latency_ms": f"{member['latency']['ms']:.3f}",
-            "macs": _count(member["metrics"]["macs"]),
-            "params": _count(member["metrics"]["params"]),
-        }
-        for member in sorted(run.front, key=lambda member: -member["metrics"]["accuracy"])
-    ]
+    front = front_rows(run)
     context = {
         "title": title,
         "repo": repo_id or str(run.supernet_dir.resolve()),
@@ -511,7 +503,7 @@ def supernet_card(
         "resolutions": space_config.resolution_choices,
         "patch_size": space_config.patch_size,
         "num_labels": space_config.num_labels,
-        "stages": stages,
+        "stages": space_rows(space_config),
         "parameters": _count(parameters),
         "front": front,
         "best": front[0] if front else {"encoding": space.encode(space.largest()), "hash": "largest"},
@@ -524,27 +516,46 @@ def supernet_card(
     return ModelCard.from_template(card_data, template_path=str(TEMPLATES / "supernet_card.md"), **context)
 
 
+def space_rows(space_config) -> list[dict]:
+    """One row per stage of a search space (an `EvoNetSupernetConfig`): the depth, width, block type and size
+    choices."""
+    from evonets import BLOCK_TYPES
+
+    space = space_config.search_space
+    rows = []
+    for stage in range(space.num_stages):
+        allowed = {kind for index in range(space.max_depth(stage)) for kind in space.block_type_choices(stage, index)}
+        rows.append(
+            {
+                "index": f"stage{stage + 1}",
+                "depth": _choices(space_config.depth_choices[stage]),
+                "width": _choices(space_config.width_choices[stage]),
+                "block_types": ", ".join(kind for kind in BLOCK_TYPES if kind in allowed),
+                **{gene: _choices(space.size_choices(stage, gene)) for gene in ("mlp_ratio", "d_state", "ssm_ratio")},
+                "num_heads": _choices(space.size_choices(stage, "num_heads")),
+            }
+        )
+    return rows
+
+
+def front_rows(run: RunFolder) -> list[dict]:
+    """The run's front, most accurate first, formatted for the supernet card's table."""
+    return [
+        {
+            "hash": member["hash"],
+            "encoding": member["encoding"],
+            "accuracy": f"{member['metrics']['accuracy']:.4f}",
+            "latency_ms": f"{member['latency']['ms']:.3f}",
+            "macs": _count(member["metrics"]["macs"]),
+            "params": _count(member["metrics"]["params"]),
+        }
+        for member in sorted(run.front, key=lambda member: -member["metrics"]["accuracy"])
+    ]
+
+
 def plot_member(run: RunFolder, member: dict, path: str | Path) -> Path:
     """The run's Pareto plot (every result, the front, the constraints) with `member` starred, as PNG."""
-    from search.config import Constraint
-    from search.pareto import plot_front
-
-    records = run.records()
-    front_hashes = {other["hash"] for other in run.front}
-    objectives = run.info["objectives"]
-    x_axis = "latency_ms" if "latency_ms" in objectives else next(name for name in objectives if name != "error")
-    return plot_front(
-        path,
-        [record["objectives"] for record in records],
-        [i for i, record in enumerate(records) if record["hash"] in front_hashes and record["feasible"]],
-        [record["feasible"] for record in records],
-        x=x_axis,
-        y="error",
-        constraints=[Constraint.parse(text) for text in run.info.get("constraints", [])],
-        title=f"{run.name}: {len(records)} results; Pareto front ({len(run.front)}) over {', '.join(objectives)}",
-        highlight=next(i for i, record in enumerate(records) if record["hash"] == member["hash"]),
-        highlight_label=f"this model ({member['hash']})",
-    )
+    return run.plot(path, member)
 
 
 def write_model_card(run: RunFolder, member: dict, **options) -> Path:
@@ -621,8 +632,10 @@ __all__ = [
     "SUPERNET_CARD_DIR",
     "build_cards",
     "describe_data",
+    "front_rows",
     "model_card",
     "plot_member",
+    "space_rows",
     "stage_rows",
     "supernet_card",
     "write_model_card",

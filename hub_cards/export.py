@@ -9,13 +9,14 @@ then the ONNX inputs. It reuses the project's two pieces rather than re-doing th
 
 - `evonets.deploy.onnx_export.export_onnx`: the export (free batch axis), run in onnxruntime on random inputs at two batch
   sizes and compared with PyTorch output by output (`OnnxCheckError` beyond `atol`);
-- `search.latency.measure_latency` with `LatencySettings(backend="onnxruntime")`: the latency of the model in an
+- `evonets.deploy.latency.measure_latency` with `LatencySettings(backend="onnxruntime")`: the latency of the model in an
   onnxruntime session (it exports its own fixed-shape copy of the same model), stamped with the device fingerprint.
 
-`export_folder(folder)` does it for a saved model folder and writes `model.onnx` and `onnx_export.json` into it;
-`export_run(run_dir)` for the front members of a search run, timed with the run's own latency settings (threads,
-batch, repeats) so that the ONNX Runtime latency sits beside the search's PyTorch latency on equal terms, and then
-rebuilds their cards, which show both.
+`export_folder(folder)` does it for a saved model folder and writes `model.onnx` and `onnx_export.json` into it
+(which the cards read); `run_latency_settings(run)` are a search run's own latency settings (threads, batch,
+repeats) with the onnxruntime backend, so that the ONNX Runtime latency sits beside the search's PyTorch latency on
+equal terms. This module knows nothing of cards: `hub_cards.run_export.export_run` exports a run's front members and
+then rebuilds their cards.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def export_pretrained(
     Args:
         model: a `PreTrainedModel` taking `pixel_values` (B, C, H, W); exported in eval mode, its mode restored.
         image_size: side of the square input; default `config.image_size` (or the backbone config's).
-        latency: `search.latency.LatencySettings` with `backend="onnxruntime"` (default: its defaults).
+        latency: `evonets.deploy.latency.LatencySettings` with `backend="onnxruntime"` (default: its defaults).
         atol: largest absolute difference allowed between onnxruntime and PyTorch outputs.
         rtol: plus this fraction of |PyTorch output| (for outputs of large magnitude, such as rendered depths).
         dynamo: use the `torch.export`-based exporter instead of the TorchScript tracer.
@@ -63,8 +64,9 @@ def export_pretrained(
         A JSON-able dict: the export (exporter, opset, names, traced shape, batch sizes checked, largest difference
         per output) and the onnxruntime latency (median, quartiles, IQR, fingerprint) with its fingerprint key.
     """
+    from evonets.deploy.fingerprint import fingerprint_key
+    from evonets.deploy.latency import LatencySettings, measure_latency
     from evonets.deploy.onnx_export import export_onnx
-    from search.latency import LatencySettings, fingerprint_key, measure_latency
 
     settings = latency if latency is not None else LatencySettings(backend="onnxruntime")
     if settings.backend != "onnxruntime":
@@ -153,34 +155,11 @@ def export_folder(
 
 def run_latency_settings(run):
     """The run's latency settings (threads, batch, warm-up, repeats, clock) with the onnxruntime backend."""
-    from search.latency import LatencySettings
+    from evonets.deploy.latency import LatencySettings
 
     saved = run.config.get("latency", {})
     fields = {field.name for field in dataclasses.fields(LatencySettings)}
     return LatencySettings(**{**{k: v for k, v in saved.items() if k in fields}, "backend": "onnxruntime"}).validate()
 
 
-def export_run(
-    run_dir: str | Path, *, model: str | None = None, atol: float = 1e-4, latency=None, **card_options
-) -> list[dict]:
-    """Export the front members of a search run (or the one `model` names), then rebuild their cards.
-
-    `latency` defaults to the run's settings with the onnxruntime backend (`run_latency_settings`); `card_options` go
-    to `hub_cards.cards.build_cards` (`supernet_dir`, `rank_check`, `supernet_repo_id`, `license`)."""
-    from tqdm.auto import tqdm
-
-    from .cards import build_cards
-    from .run_folder import load_run
-
-    run = load_run(run_dir, card_options.get("supernet_dir"))
-    members = [run.member(model)] if model is not None else run.front
-    settings = latency if latency is not None else run_latency_settings(run)
-    results = []
-    for member in tqdm(members, desc="ONNX export", disable=len(members) < 2):
-        result = export_folder(run.model_dir(member), latency=settings, atol=atol)
-        results.append({"hash": member["hash"], "torch_latency_ms": member["latency"]["ms"], **result})
-        build_cards(run_dir, model=member["hash"], with_supernet_card=False, **card_options)
-    return results
-
-
-__all__ = ["ONNX_FILE", "ONNX_REPORT", "export_folder", "export_pretrained", "export_run", "load_pretrained"]
+__all__ = ["ONNX_FILE", "ONNX_REPORT", "export_folder", "export_pretrained", "load_pretrained", "run_latency_settings"]

@@ -129,8 +129,9 @@ def push(
     """
     from huggingface_hub.utils import validate_repo_id
 
+    from search.run_folder import find_rank_check, load_run
+
     from .cards import DEFAULT_LICENSE, write_model_card, write_supernet_card
-    from .run_folder import find_rank_check, load_run
 
     token = resolve_token(token)
     try:

@@ -8,52 +8,13 @@ types cannot and raises `ValueError` naming the field and the allowed values bef
 
 from __future__ import annotations
 
-import operator
-import re
 from dataclasses import dataclass, field
 from typing import Literal
 
-from distill.config import DataConfig, DistillConfig
-from search.latency import LatencySettings
-
-OBJECTIVES = ("error", "latency_ms", "macs", "params")
-"""What the search can minimise: validation error (1 - accuracy), latency in ms, MACs, parameters."""
-
-_COMPARISONS = {"<=": operator.le, "<": operator.lt}
-_CONSTRAINT = re.compile(r"^\s*([a-z_]+)\s*(<=|<)\s*([0-9.eE+-]+)\s*$")
-
-
-@dataclass(frozen=True)
-class Constraint:
-    """An upper bound on one objective, parsed from text such as `"latency_ms <= 20"`."""
-
-    objective: str
-    comparison: str
-    bound: float
-
-    @classmethod
-    def parse(cls, text: str, where: str = "search.constraints") -> Constraint:
-        match = _CONSTRAINT.match(text) if isinstance(text, str) else None
-        if match is None or match.group(1) not in OBJECTIVES:
-            raise ValueError(
-                f"Config field {where} has {text!r}, which is invalid: expected '<objective> <= <number>' (or '<') "
-                f"with objective one of {list(OBJECTIVES)}, e.g. 'latency_ms <= 20'."
-            )
-        try:
-            bound = float(match.group(3))
-        except ValueError:
-            raise ValueError(f"Config field {where} has {text!r}: {match.group(3)!r} is not a number.") from None
-        return cls(match.group(1), match.group(2), bound)
-
-    def violation(self, objectives: dict[str, float]) -> float:
-        """How far `objectives` break the bound (0 when satisfied; nevergrad's `constraint_violation` convention)."""
-        value = objectives[self.objective]
-        if _COMPARISONS[self.comparison](value, self.bound):
-            return 0.0
-        return max(value - self.bound, 1e-12)
-
-    def __str__(self) -> str:
-        return f"{self.objective} {self.comparison} {self.bound:g}"
+from distill import DistillConfig
+from evonets.data.config import DataConfig
+from evonets.deploy.latency import LatencySettings
+from search.run_folder import OBJECTIVES, Constraint
 
 
 @dataclass

@@ -8,7 +8,8 @@ definition, including the SS2D scan) and parameters are those of the network tha
 
 BatchNorm: EvoNet blocks have none (LayerNorm only), so inherited weights need no recalibration. Should a space ever
 contain BatchNorm, `recalibrate_batchnorm` re-estimates its running statistics on training batches before scoring,
-as Once-for-All does; the evaluator calls it whenever the extracted model has BatchNorm layers.
+as Once-for-All does. The evaluator decides once, when it loads the supernet, whether its subnets have BatchNorm; a
+supernet without any (every EvoNet space today) never builds, reads or resizes a recalibration batch.
 
 `FitnessSpec.key()` identifies what a fitness value depends on (supernet weights, validation data, preprocessing),
 so results are cached across runs per key.
@@ -16,6 +17,7 @@ so results are cached across runs per key.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,10 +41,15 @@ class FitnessSpec:
         return files_digest(sorted(Path(self.supernet).glob("*.safetensors")), {"data": self.data})
 
 
-def recalibrate_batchnorm(model: nn.Module, batches) -> int:
+def batchnorm_layers(model: nn.Module) -> list[nn.Module]:
+    """The BatchNorm layers of `model` (of any dimension), in module order."""
+    return [module for module in model.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
+
+
+def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> int:
     """Reset every BatchNorm's running statistics and re-estimate them (cumulative average) from `batches` in
-    training mode; returns the number of BatchNorm layers (0: nothing done, model untouched)."""
-    norms = [module for module in model.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
+    training mode; returns the number of BatchNorm layers (0: nothing done, model untouched, `batches` not read)."""
+    norms = batchnorm_layers(model)
     if not norms:
         return 0
     momenta = [norm.momentum for norm in norms]
@@ -66,8 +73,8 @@ class SupernetEvaluator:
     """Scores architectures of one supernet on the validation split (see the module docstring)."""
 
     def __init__(self, spec: FitnessSpec):
-        from distill.config import DataConfig
         from evonets.data.classification import load_data
+        from evonets.data.config import DataConfig
         from evonets.models.supernet import EvoNetSupernet
         from search.ranking import validation_tensors
 
@@ -83,20 +90,21 @@ class SupernetEvaluator:
                 f"{config.num_labels}: expected the data the supernet was trained on (config field data)."
             )
         self.pixel_values, self.labels = validation_tensors(self.data)
+        # Extracted subnets copy the supernet's layers, so they have BatchNorm only if the supernet has.
+        self.recalibrate = bool(spec.recalibration_batches) and bool(batchnorm_layers(self.supernet))
 
     def __call__(self, payload: dict) -> dict:
         from evonets.deploy.profiling import count_macs, count_parameters
-        from search.ranking import evaluate
+        from evonets.engine.evaluation import evaluate, tensor_batches
 
         arch = self.space.decode(payload["encoding"])
         resolution = arch["resolution"]
         model = self.supernet.extract(arch)
-        if self.spec.recalibration_batches:
+        if self.recalibrate:
             recalibrate_batchnorm(model, self._train_batches(resolution))
         model.eval()
-        scores = evaluate(
-            lambda x: model(x).logits, self.pixel_values, self.labels, resolution, batch_size=self.spec.batch_size
-        )
+        batches = tensor_batches(self.pixel_values, self.labels, self.spec.batch_size)
+        scores = evaluate(lambda x: model(x).logits, batches, resolution)
         single = torch.zeros(1, self.supernet.config.num_channels, resolution, resolution)
         return {
             "accuracy": scores["accuracy"],
@@ -105,7 +113,7 @@ class SupernetEvaluator:
             "params": count_parameters(model),
         }
 
-    def _train_batches(self, resolution: int):
+    def _train_batches(self, resolution: int) -> Iterator[torch.Tensor]:
         from evonets.data.classification import collate, resize_batch
 
         generator = torch.Generator().manual_seed(0)
@@ -121,4 +129,4 @@ def make_evaluator(spec: dict) -> SupernetEvaluator:
     return SupernetEvaluator(FitnessSpec(**spec))
 
 
-__all__ = ["FitnessSpec", "SupernetEvaluator", "make_evaluator", "recalibrate_batchnorm"]
+__all__ = ["FitnessSpec", "SupernetEvaluator", "batchnorm_layers", "make_evaluator", "recalibrate_batchnorm"]

@@ -57,6 +57,8 @@ import datetime
 import json
 import multiprocessing
 import multiprocessing.connection
+import multiprocessing.process
+import multiprocessing.synchronize
 import os
 import signal
 import socket
@@ -65,7 +67,6 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -114,7 +115,7 @@ def _default_threads(workers: int) -> int:
     return max(1, cores // (workers * ranks_here))
 
 
-def _check_int_at_least(name: str, value: Any, minimum: int) -> None:
+def _check_int_at_least(name: str, value: object, minimum: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise ValueError(f"{name} = {value!r} is invalid: expected an integer >= {minimum}.")
 
@@ -136,7 +137,13 @@ def _run_task(evaluate: Callable[[dict], dict], payload: dict) -> dict:
 
 
 def _worker_main(
-    host: str, port: int, rank: int, worker_id: str, make_evaluator: Callable[[], Callable], threads: int, built
+    host: str,
+    port: int,
+    rank: int,
+    worker_id: str,
+    make_evaluator: Callable[[], Callable],
+    threads: int,
+    built: multiprocessing.synchronize.Event,
 ) -> None:
     """Entry point of a worker process: build the evaluator, then evaluate the tasks of its inbox until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -172,8 +179,8 @@ class _Slot:
 
     index: int
     worker_id: str = ""
-    process: Any = None  # multiprocessing.Process
-    built: Any = None  # multiprocessing.Event, set once the evaluator is built
+    process: multiprocessing.process.BaseProcess | None = None
+    built: multiprocessing.synchronize.Event | None = None  # set once the evaluator is built
     respawns: int = 0
 
 
@@ -626,7 +633,9 @@ def _receive_address() -> tuple[str, int]:
     return bytes(address[2 : 2 + length].tolist()).decode(), port
 
 
-def serve(make_evaluator: Callable[[], Callable[[dict], dict]], workers: int = 1, *, threads_per_worker=None) -> None:
+def serve(
+    make_evaluator: Callable[[], Callable[[dict], dict]], workers: int = 1, *, threads_per_worker: int | None = None
+) -> None:
     """Run `workers` evaluators for rank 0's `EvaluationPool(distributed=True)` until the pool closes.
 
     Call it on every rank other than 0 of an initialised `torch.distributed` group, at the point where rank 0 creates

@@ -31,14 +31,6 @@ Outputs in `output_dir`: `rank_check.json` (everything, per architecture too), `
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script: drop search/ from the path, make the repository importable
-    _here = Path(__file__).resolve().parent
-    sys.path = [p for p in sys.path if Path(p or ".").resolve() != _here]
-    sys.path.append(str(_here.parent))
-
 import functools
 import json
 import logging
@@ -46,11 +38,12 @@ import resource
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 
-from distill.config import DataConfig
 from evonets.data.classification import DistillData, load_data
+from evonets.data.config import DataConfig
 from evonets.engine.identity import digest
 from search.ranking import (
     RANKINGS,
@@ -229,7 +222,7 @@ def _train_in_worker(space, arch: dict, recipe: StandaloneRecipe, data_config_js
 
 def run(config: RankCheckConfig) -> dict:
     """Score, train, correlate and write the report (see the module docstring); the report dict is returned."""
-    from distill.trainer import torch_threads
+    from evonets.engine.training import torch_threads
 
     config.validate()
     with torch_threads(config.num_threads):

@@ -29,7 +29,9 @@ import torch
 import torch.nn.functional as F
 
 from evonets.data.classification import DistillData, EpochShuffleSampler, collate, resize_batch
+from evonets.engine.evaluation import evaluate, tensor_batches
 from evonets.engine.identity import digest
+from evonets.engine.training import TrainingLoop, parameter_groups
 
 # The orders in which architectures can be ranked (see `ranking_scores`).
 RANKINGS = ("fitness", "accuracy", "loss")
@@ -80,29 +82,14 @@ def validation_tensors(data: DistillData) -> tuple[torch.Tensor, torch.Tensor]:
     return batch["pixel_values"], batch["labels"]
 
 
-@torch.no_grad()
-def evaluate(
-    model_fn, pixel_values: torch.Tensor, labels: torch.Tensor, resolution: int, batch_size: int = 256
-) -> dict[str, float]:
-    """Validation `accuracy` and mean cross-entropy `loss` of `model_fn(pixel_values) -> logits`, with the images
-    resized to `resolution`. On a small validation set accuracy moves in steps of 1 / n and ties are common; the loss
-    is continuous, so it ranks too."""
-    correct, loss = 0, 0.0
-    for start in range(0, len(labels), batch_size):
-        images = resize_batch(pixel_values[start : start + batch_size], resolution)
-        logits = model_fn(images).float()
-        target = labels[start : start + batch_size]
-        correct += int((logits.argmax(-1) == target).sum())
-        loss += float(F.cross_entropy(logits, target, reduction="sum"))
-    return {"accuracy": correct / len(labels), "loss": loss / len(labels)}
-
-
 def supernet_scores(supernet, data: DistillData, archs: list[dict]) -> list[dict[str, float]]:
     """Validation accuracy and loss of each architecture with the supernet's inherited weights."""
     supernet.eval()
     pixel_values, labels = validation_tensors(data)
     return [
-        evaluate(lambda x, arch=arch: supernet(x, arch=arch).logits, pixel_values, labels, arch["resolution"])
+        evaluate(
+            lambda x, arch=arch: supernet(x, arch=arch).logits, tensor_batches(pixel_values, labels), arch["resolution"]
+        )
         for arch in archs
     ]
 
@@ -111,7 +98,6 @@ def train_standalone(space, arch: dict, data: DistillData, recipe: StandaloneRec
     """Train `arch` from scratch with `recipe` on the train split; its validation accuracy and loss."""
     from transformers import get_cosine_schedule_with_warmup
 
-    from distill.trainer import parameter_groups
     from evonets import EvoNetForImageClassification
 
     torch.manual_seed(recipe.seed)
@@ -122,22 +108,16 @@ def train_standalone(space, arch: dict, data: DistillData, recipe: StandaloneRec
     loader = torch.utils.data.DataLoader(
         data.train, batch_size=recipe.batch_size, sampler=sampler, collate_fn=collate, drop_last=True
     )
-    step, epoch = 0, 0
-    while step < recipe.steps:
-        sampler.set_epoch(epoch)
-        for batch in loader:
-            logits = model(resize_batch(batch["pixel_values"], arch["resolution"])).logits
-            F.cross_entropy(logits, batch["labels"]).backward()
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            if step == recipe.steps:
-                break
-        epoch += 1
+
+    def step(batch: dict) -> dict[str, float]:
+        logits = model(resize_batch(batch["pixel_values"], arch["resolution"])).logits
+        F.cross_entropy(logits, batch["labels"]).backward()
+        return {}
+
+    TrainingLoop(model, optimizer, scheduler, loader, step, recipe.steps).run()
     model.eval()
     pixel_values, labels = validation_tensors(data)
-    return evaluate(lambda x: model(x).logits, pixel_values, labels, arch["resolution"])
+    return evaluate(lambda x: model(x).logits, tensor_batches(pixel_values, labels), arch["resolution"])
 
 
 def standalone_scores(
@@ -254,7 +234,6 @@ def rank_correlations(supernet_scores: list[float], standalone_scores: list[floa
 __all__ = [
     "RANKINGS",
     "StandaloneRecipe",
-    "evaluate",
     "rank_correlations",
     "ranking_scores",
     "sample_architectures",

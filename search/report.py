@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .pareto import plot_front
+from .run_folder import MODELS, PARETO, PARETO_CSV, PLOT, SEARCH_RESULT, STANDALONE_CHECK, SUMMARY, plot_front
 
 _UNITS = {"error": "{:.4f}", "latency_ms": "{:.3f}", "macs": "{:,.0f}", "params": "{:,.0f}"}
 
@@ -67,23 +67,24 @@ def export_model(supernet, supernet_dir: Path, record: dict, folder: Path, info:
         "supernet": info["supernet"],
         "fitness_split": "validation",
     }
-    (folder / "search_result.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    (folder / SEARCH_RESULT).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     return folder
 
 
-def standalone_check(folder: Path, data_config, image_size: int, expected_accuracy: float) -> dict:
+def standalone_check(folder: Path, data_config, space, expected_accuracy: float) -> dict:
     """Reload `folder` with `from_pretrained` and score it on validation (and test, when there is one), with the
-    fitness's preprocessing: images loaded at `image_size` (the supernet's largest resolution), resized to the
-    model's."""
+    fitness's preprocessing: images loaded at the largest resolution of the search space `space`, resized to the
+    model's (its architecture's, as `space.decode` reads it from the saved config's encoding)."""
     from evonets import EvoNetForImageClassification
     from evonets.data.classification import load_data
-    from search.ranking import evaluate, validation_tensors
+    from evonets.engine.evaluation import evaluate, tensor_batches
+    from search.ranking import validation_tensors
 
     model = EvoNetForImageClassification.from_pretrained(folder).eval()
-    resolution = int(model.config.arch_encoding.split("-")[0][1:])  # the encoding starts with r<resolution>
-    data = load_data(data_config, image_size, model.config.num_channels)
+    resolution = space.decode(model.config.arch_encoding)["resolution"]
+    data = load_data(data_config, max(space.config.resolution_choices), model.config.num_channels)
     pixel_values, labels = validation_tensors(data)
-    validation = evaluate(lambda x: model(x).logits, pixel_values, labels, resolution)
+    validation = evaluate(lambda x: model(x).logits, tensor_batches(pixel_values, labels), resolution)
     check = {
         "folder": str(folder),
         "validation_accuracy": validation["accuracy"],
@@ -93,7 +94,8 @@ def standalone_check(folder: Path, data_config, image_size: int, expected_accura
     test = _test_split(data_config, data, model.config.num_channels)
     if test is not None:
         test_pixels, test_labels = test
-        check["test_accuracy"] = evaluate(lambda x: model(x).logits, test_pixels, test_labels, resolution)["accuracy"]
+        test_batches = tensor_batches(test_pixels, test_labels)
+        check["test_accuracy"] = evaluate(lambda x: model(x).logits, test_batches, resolution)["accuracy"]
         train_labels = torch.tensor(list(data.train.with_format(None)[data_config.label_column]))
         majority = int(torch.bincount(train_labels).argmax())
         check["test_majority_baseline"] = float((test_labels == majority).float().mean())
@@ -114,98 +116,106 @@ def _test_split(data_config, data, num_channels: int):
 
 
 def write_outputs(result, config, supernet, supernet_dir: Path, info: dict, oracle, timing: dict) -> None:
+    """Write the run folder's outputs (see the module docstring) for `result`, and print the front."""
     output_dir = Path(result.output_dir)
     objectives = list(config.search.objectives)
-    constraints = config.constraints
-    front = result.front
-    models_dir = output_dir / "models"
-    for record in front:
-        record["model_dir"] = f"models/{record['hash']}"
+    for record in result.front:
+        record["model_dir"] = f"{MODELS}/{record['hash']}"
         if config.export_front:
             export_model(supernet, Path(supernet_dir), record, output_dir / record["model_dir"], info)
+    rows = front_rows(result.front, objectives)
+    write_front(output_dir, result, info, timing, rows)
+    plot_run(output_dir / PLOT, result, objectives, config.constraints, info["latency_mode"])
+    check = None
+    if result.front and config.export_front:
+        best = _most_accurate(result.front)
+        check = standalone_check(
+            output_dir / best["model_dir"], config.fitness_data, supernet.search_space, best["metrics"]["accuracy"]
+        )
+        (output_dir / STANDALONE_CHECK).write_text(json.dumps(check, indent=2) + "\n")
+    table = markdown_table(rows, objectives)
+    lines = summary_lines(result, config, info, oracle, timing) + [
+        "",
+        f"## Pareto front ({len(result.front)} members, latency measured)",
+        "",
+        table,
+        "",
+        f"![Pareto front]({PLOT})",
+    ]
+    if check is not None:
+        lines += ["", "## Stand-alone check", "", "```json", json.dumps(check, indent=2), "```"]
+    (output_dir / SUMMARY).write_text("\n".join(lines) + "\n")
+    _print_front(result, table, check)
 
+
+def write_front(output_dir: Path, result, info: dict, timing: dict, rows: list[dict]) -> None:
+    """`pareto.json` (the run settings, hypervolume, counts, timing and front members) and `pareto.csv` (`rows`)."""
     pareto = {
         **info,
         "hypervolume": result.hypervolume,
         "evaluations": result.evaluations,
         "results": len(result.records),
         "timing": {**timing, "run_seconds": result.seconds},
-        "front": front,
+        "front": result.front,
     }
-    (output_dir / "pareto.json").write_text(json.dumps(pareto, indent=2, sort_keys=True) + "\n")
-    rows = front_rows(front, objectives)
-    with open(output_dir / "pareto.csv", "w", newline="") as handle:
+    (output_dir / PARETO).write_text(json.dumps(pareto, indent=2, sort_keys=True) + "\n")
+    with open(output_dir / PARETO_CSV, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["hash"])
         writer.writeheader()
         writer.writerows(rows)
 
-    records = result.records
-    points = [record["objectives"] for record in records]
-    index_of = {id(record): i for i, record in enumerate(records)}
-    x_axis = "latency_ms" if "latency_ms" in objectives else next(name for name in objectives if name != "error")
-    plot_front(
-        output_dir / "pareto.png",
-        points,
-        [index_of[id(record)] for record in front],
-        [record["feasible"] for record in records],
-        x=x_axis,
-        y="error",
+
+def plot_run(path: Path, result, objectives: list[str], constraints, latency_mode: str) -> Path:
+    """`pareto.png`: every result, the front highlighted, the constraint lines."""
+    index_of = {id(record): i for i, record in enumerate(result.records)}
+    source = "predicted by the look-up table, measured on the front" if latency_mode == "lut" else "measured"
+    return plot_front(
+        path,
+        result.records,
+        [index_of[id(record)] for record in result.front],
+        objectives,
         constraints=constraints,
-        title=(
-            f"{len(records)} results, hypervolume {result.hypervolume:.4f}; latency "
-            + ("predicted by the look-up table, measured on the front" if info["latency_mode"] == "lut" else "measured")
-        ),
+        title=f"{len(result.records)} results, hypervolume {result.hypervolume:.4f}; latency {source}",
     )
 
-    check = None
-    if front and config.export_front:
-        best = max(front, key=lambda record: record["metrics"]["accuracy"])
-        check = standalone_check(
-            output_dir / best["model_dir"],
-            config.fitness_data,
-            max(supernet.config.resolution_choices),
-            best["metrics"]["accuracy"],
-        )
-        (output_dir / "standalone_check.json").write_text(json.dumps(check, indent=2) + "\n")
 
-    table = markdown_table(rows, objectives)
+def summary_lines(result, config, info: dict, oracle, timing: dict) -> list[str]:
+    """The head of `summary.md`: what was searched, with which latency, and how long it took."""
+    objectives = list(config.search.objectives)
+    constraints = [str(constraint) for constraint in config.constraints]
     seconds = timing["search_seconds"]
     evaluated = max(1, timing["evaluated"])
-    lines = [
-        f"# Search run `{output_dir}`",
+    return [
+        f"# Search run `{result.output_dir}`",
         "",
         (
             f"- supernet: `{info['supernet']}`; optimizer `{info['optimizer']}`, seed {info['seed']}, "
-            f"{len(records)} results ({result.evaluations} evaluated this session, the rest cached or resumed)"
+            f"{len(result.records)} results ({result.evaluations} evaluated this session, the rest cached or resumed)"
         ),
-        (
-            f"- objectives {objectives}; constraints {[str(c) for c in constraints] or 'none'}; "
-            f"reference point {info['reference_point']}"
-        ),
+        f"- objectives {objectives}; constraints {constraints or 'none'}; reference point {info['reference_point']}",
         (
             f"- latency: {info['latency_mode']} ({oracle.settings.backend}, batch {oracle.settings.batch_size}); "
-            f"device `{info['latency_fingerprint'].get('cpu_model', '?')}`, fingerprint `{oracle.key}`"
+            f"device `{info['latency_fingerprint'].get('cpu', '?')}`, fingerprint `{oracle.key}`"
         ),
         (
             f"- hypervolume {result.hypervolume:.4f}; search loop {seconds:.1f} s "
             f"({timing['evaluated'] / max(seconds, 1e-9):.2f} evaluations/s; ask/tell and bookkeeping "
             f"{1000 * timing['ask_tell_seconds'] / evaluated:.1f} ms per evaluation); whole run {result.seconds:.1f} s"
         ),
-        "",
-        f"## Pareto front ({len(front)} members, latency measured)",
-        "",
-        table,
-        "",
-        "![Pareto front](pareto.png)",
     ]
-    if check is not None:
-        lines += ["", "## Stand-alone check", "", "```json", json.dumps(check, indent=2), "```"]
-    (output_dir / "summary.md").write_text("\n".join(lines) + "\n")
 
+
+def _most_accurate(front: list[dict]) -> dict:
+    return max(front, key=lambda record: record["metrics"]["accuracy"])
+
+
+def _print_front(result, table: str, check: dict | None) -> None:
+    """The front, its most accurate member and the stand-alone check, on the terminal."""
+    front, records = result.front, result.records
     print(f"\nPareto front ({len(front)} of {len(records)} results; hypervolume {result.hypervolume:.4f}):")
     print(table)
     if front:
-        best = max(front, key=lambda record: record["metrics"]["accuracy"])
+        best = _most_accurate(front)
         print(f"best validation accuracy on the front: {best['metrics']['accuracy']:.4f} ({best['encoding']})")
     if check is not None:
         line = (
@@ -218,7 +228,16 @@ def write_outputs(result, config, supernet, supernet_dir: Path, info: dict, orac
                 f"{check['test_majority_baseline']:.4f}"
             )
         print(line)
-    print(f"run folder: {output_dir} (summary.md, pareto.json/.csv/.png, {models_dir.name}/)")
+    print(f"run folder: {result.output_dir} ({SUMMARY}, pareto.json/.csv/.png, {MODELS}/)")
 
 
-__all__ = ["export_model", "front_rows", "markdown_table", "standalone_check", "write_outputs"]
+__all__ = [
+    "export_model",
+    "front_rows",
+    "markdown_table",
+    "plot_run",
+    "standalone_check",
+    "summary_lines",
+    "write_front",
+    "write_outputs",
+]

@@ -6,8 +6,8 @@
 2. the run folder's `run.json` pins what results depend on (space, supernet weights and data, latency device
    fingerprint, objectives, reference point); a restart with the same settings resumes, a different one is refused;
 3. latency: the per-block look-up table for this device and space (built once, cached), or measurement;
-4. the evolution loop on rank 0: keep every worker busy (ask as soon as one is free), tell results in the order
-   they finish, append every ask and result to `archive.jsonl` (fsync) *before* telling the optimizer;
+4. the evolution loop on rank 0 (`SearchLoop`): keep every worker busy (ask as soon as one is free), tell results in
+   the order they finish, append every ask and result to `archive.jsonl` (fsync) *before* telling the optimizer;
    architectures seen before (this run or the fitness cache of earlier runs) are told without evaluating;
 5. the front: feasible non-dominated points; with the look-up table, front members are then timed for real (pool
    stopped, so timing is isolated) and the front recomputed until every member is measured;
@@ -15,7 +15,8 @@
 
 Resume: the archive holds every ask and result. A restart tells the optimizer every archived result again, restores
 its random state, re-submits the candidates that were asked but not finished (and only those), and carries on to the
-same budget. Ranks other than 0 only evaluate (`search.pool.serve`).
+same budget. Ranks other than 0 only evaluate (`search.pool.serve`). The run folder's files and records, and their
+reading back (here for resume, in `hub_cards` for the cards), are `search.run_folder`'s.
 """
 
 from __future__ import annotations
@@ -23,25 +24,34 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import yaml
 
 from evonets.engine.archive import JsonlArchive
+from evonets.engine.timer import Accumulator, Stopwatch
 from search.evaluators import FitnessSpec, make_evaluator
 
 from .config import SearchConfig
 from .evolution import Evolution
-from .latency import space_config_hash
+from .latency_table import space_config_hash
 from .pareto import add_to_front, hypervolume, pareto_indices
+from .run_folder import (
+    ARCHIVE,
+    CONFIG,
+    RUN_INFO,
+    STATE,
+    ArchiveReplay,
+    Constraint,
+    apply_latency,
+    apply_measurements,
+    objectives_of,
+    read_archive,
+    read_json,
+)
 
 logger = logging.getLogger("search")
-
-ARCHIVE = "archive.jsonl"
-STATE = "search_state.json"
-RUN_INFO = "run.json"
 
 
 @dataclass
@@ -75,35 +85,22 @@ def resolve_supernet(config: SearchConfig) -> Path:
                 "EvoNetSupernet.save_pretrained (with config.json and model.safetensors)."
             )
         return path
-    from distill.trainer import config_changes, train
+    from distill import build_supernet
 
-    distill = config.distill
-    output_dir = Path(distill.trainer.output_dir)
-    supernet_dir = output_dir / "supernet"
-    finished = (supernet_dir / "distill_summary.json").is_file()
-    if finished and not config_changes(output_dir / "config.yaml", distill):
-        _say(f"distill: reusing the finished supernet {supernet_dir}")
-        return supernet_dir
-    return Path(train(distill).supernet_dir)
+    return Path(build_supernet(config.distill, log=_say).supernet_dir)
 
 
-# Objectives ---------------------------------------------------------------------------------------------------
-
-
-def objectives_of(metrics: dict, latency_ms: float) -> dict[str, float]:
-    return {
-        "error": 1.0 - metrics["accuracy"],
-        "latency_ms": float(latency_ms),
-        "macs": float(metrics["macs"]),
-        "params": float(metrics["params"]),
-    }
+# Latency and the hypervolume reference ------------------------------------------------------------------------
 
 
 class LatencyOracle:
     """Latency of architectures for the run: the look-up table's prediction, or a measurement (cached per hash)."""
 
     def __init__(self, config: SearchConfig, supernet, space):
-        from .latency import LatencySettings, LatencyTable, device_fingerprint, fingerprint_key
+        from evonets.deploy.fingerprint import device_fingerprint, fingerprint_key
+        from evonets.deploy.latency import LatencySettings
+
+        from .latency_table import LatencyTable
 
         latency = config.latency
         self.mode = latency.mode
@@ -129,7 +126,7 @@ class LatencyOracle:
         return self.measure(arch)["median_ms"], "measured"
 
     def measure(self, arch: dict) -> dict:
-        from .latency import measure_architecture
+        from .latency_table import measure_architecture
 
         digest = self.space.hash(arch)
         if digest not in self.measured:
@@ -190,183 +187,33 @@ def _launched_distributed() -> bool:
 
 
 def _coordinate(config: SearchConfig, supernet_dir: Path, spec: FitnessSpec, make, distributed: bool) -> SearchResult:
-    import torch
-    from tqdm.auto import tqdm
-
+    """Rank 0's run: pin the run folder, resume the optimizer from the archive, search, measure the front, report."""
     from evonets.models.supernet import EvoNetSupernet
 
-    from .pool import EvaluationPool
     from .report import write_outputs
 
-    start = time.perf_counter()
+    watch = Stopwatch()
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     supernet = EvoNetSupernet.from_pretrained(supernet_dir).eval()
     space = supernet.search_space
-    objectives = list(config.search.objectives)
-    constraints = config.constraints
-    fitness_key = spec.key()
-
     oracle = LatencyOracle(config, supernet, space)
-    saved_info = json.loads((output_dir / RUN_INFO).read_text()) if (output_dir / RUN_INFO).is_file() else {}
-    # Fixed for the whole run: a resumed run keeps the reference point it started with.
-    reference = saved_info.get("reference_point") or reference_point(config, space, oracle, supernet)
-    info = {
-        "space": space_config_hash(space.config),
-        "fitness_key": fitness_key,
-        "latency_fingerprint": oracle.fingerprint,
-        "latency_mode": config.latency.mode,
-        "objectives": objectives,
-        "constraints": [str(c) for c in constraints],
-        "reference_point": reference,
-        "optimizer": config.search.optimizer,
-        "seed": config.search.seed,
-        "supernet": str(supernet_dir),
-    }
-    _check_same_run(output_dir / RUN_INFO, info)
-    (output_dir / "config.yaml").write_text(yaml.safe_dump(asdict(config), sort_keys=False))
-
-    archive = JsonlArchive(output_dir / ARCHIVE)
-    cache = (
-        JsonlArchive(Path(config.fitness.cache_dir).expanduser() / f"{fitness_key}.jsonl")
-        if (config.fitness.cache_dir)
-        else None
-    )
-    known: dict[str, dict] = {}  # hash -> metrics (fitness cache, then this run's archive)
-    if cache is not None:
-        for record in cache.records():
-            known[record["hash"]] = record["metrics"]
-
+    info = _pin_run(config, output_dir, supernet_dir, spec.key(), oracle, supernet)
+    cache, known = _open_cache(config, info["fitness_key"])
     evolution = Evolution(
         space,
         config.search.optimizer,
         config.search.budget,
         config.search.seed,
-        num_workers=config.pool.workers * (torch.distributed.get_world_size() if distributed else 1),
-        num_objectives=len(objectives),
+        num_workers=config.pool.workers * _world_size(distributed),
+        num_objectives=len(config.search.objectives),
     )
-    records, asked, measured = read_archive(archive)
-    oracle.measured.update(measured)
-    for record in records:
-        known.setdefault(record["hash"], record["metrics"])
-        # told as they were told before the kill: the objectives at the time, before later measurements
-        evolution.remember(
-            space.decode(record["encoding"]),
-            _normalised(record["objectives"], objectives, reference),
-            record["violations"],
-        )
-    apply_measurements(records, oracle.measured, constraints)
-    num_asked = max([r["index"] + 1 for r in records] + [i + 1 for i in asked] + [0])
-    if num_asked:
-        evolution.load_state(output_dir / STATE)
-        _say(f"resuming {output_dir}: {len(records)} results archived, {len(asked)} in flight at the kill")
-    elif config.search.suggest_extremes:
-        for arch in (space.smallest(), space.largest()):
-            evolution.suggest(arch)
+    replay = _resume(config, output_dir, evolution, space, oracle, known, info["reference_point"])
+    loop = SearchLoop(config, space, evolution, oracle, info["reference_point"], output_dir, cache, known, replay)
+    loop.run(make, distributed)
 
-    budget = config.search.budget
-    resubmit = [(index, space.decode(record["encoding"])) for index, record in sorted(asked.items())]
-    in_flight: dict[str, tuple] = {}  # task id -> (index, candidate, arch)
-    progress = tqdm(total=budget, initial=len(records), desc="search", disable=not config.progress_bar)
-    evaluations_start, evaluated = time.perf_counter(), 0
-    live_points = _PointsView(records, objectives)
-    live_front = pareto_indices(live_points, _feasible(records))  # for the progress bar, updated per result
-    ask_seconds = 0.0
-
-    def finish(index: int, candidate, arch: dict, metrics: dict, extra: dict) -> None:
-        latency_ms, source = oracle.estimate(arch)
-        values = objectives_of(metrics, latency_ms)
-        violations = [constraint.violation(values) for constraint in constraints]
-        if "error" in extra:  # a failed evaluation is told as infeasible so the optimizer moves away from it
-            violations = [max(v, 1.0) for v in violations] or [1.0]
-        record = {
-            "kind": "result",
-            "index": index,
-            "hash": space.hash(arch),
-            "encoding": space.encode(arch),
-            "metrics": metrics,
-            "objectives": {name: values[name] for name in objectives},
-            "latency": {"ms": latency_ms, "source": source, "fingerprint": oracle.key}
-            | ({"iqr_ms": oracle.measured[space.hash(arch)]["iqr_ms"]} if source == "measured" else {}),
-            "violations": violations,
-            "feasible": not any(violations) and "error" not in extra,
-            **extra,
-        }
-        archive.append(record)  # on disk before the optimizer hears of it
-        records.append(record)
-        if record["feasible"]:
-            live_front[:] = add_to_front(live_front, live_points, len(records) - 1)
-        evolution.tell(candidate, _normalised(record["objectives"], objectives, reference), violations)
-        progress.update(1)
-        if len(records) % config.search.save_every == 0:
-            evolution.save_state(output_dir / STATE, num_asked)
-
-    with EvaluationPool(
-        make,
-        workers=config.pool.workers,
-        distributed=distributed,
-        max_retries=config.pool.max_retries,
-        heartbeat_timeout=config.pool.heartbeat_timeout,
-        threads_per_worker=config.fitness.num_threads,
-    ) as pool:
-        # One candidate queued beyond the workers, so a worker that finishes takes the next one at once instead of
-        # waiting for the optimizer's ask (tens of ms for nevergrad over a few dozen genes).
-        capacity = pool.num_workers + 1
-        while len(records) < budget:
-            ready = []  # (index, candidate, arch, metrics, extra) to archive and tell
-            # Fill every idle worker (pull-based: no generation barrier).
-            while len(in_flight) + len(ready) < capacity and len(records) + len(in_flight) + len(ready) < budget:
-                tick = time.perf_counter()
-                if resubmit:
-                    index, arch = resubmit.pop(0)
-                    candidate = evolution.candidate(arch)
-                else:
-                    index = num_asked
-                    candidate, arch = evolution.ask()
-                    num_asked += 1
-                    archive.append({"kind": "ask", "index": index, "encoding": space.encode(arch)})
-                ask_seconds += time.perf_counter() - tick
-                digest = space.hash(arch)
-                if digest in known:  # seen before (this run or the fitness cache): no evaluation
-                    ready.append((index, candidate, arch, known[digest], {"cached": True}))
-                    continue
-                in_flight[str(index)] = (index, candidate, arch)
-                pool.submit(str(index), {"encoding": space.encode(arch)})
-            results = pool.wait(timeout=1.0) if in_flight and not ready else []
-            if oracle.mode == "measure" and (results or ready):
-                results += pool.drain()  # time latency with no evaluation running beside it
-            for task_id, result in results:
-                index, candidate, arch = in_flight.pop(task_id)
-                extra = {"worker": result.get("worker"), "eval_seconds": result.get("eval_seconds")}
-                if "error" in result:
-                    extra["error"] = result["error"]
-                    metrics = {
-                        "accuracy": 0.0,
-                        "loss": None,
-                        "macs": reference.get("macs", 0.0),
-                        "params": reference.get("params", 0.0),
-                    }
-                    logger.warning("candidate %s failed: %s", space.encode(arch), result["error"])
-                else:
-                    metrics = {key: result[key] for key in ("accuracy", "loss", "macs", "params")}
-                    known[space.hash(arch)] = metrics
-                    if cache is not None:
-                        cache.append({"hash": space.hash(arch), "encoding": space.encode(arch), "metrics": metrics})
-                    evaluated += 1
-                ready.append((index, candidate, arch, metrics, extra))
-            for index, candidate, arch, metrics, extra in ready:
-                tick = time.perf_counter()
-                finish(index, candidate, arch, metrics, extra)
-                ask_seconds += time.perf_counter() - tick
-            if ready:
-                front_size = len(live_front)
-                elapsed = time.perf_counter() - evaluations_start
-                progress.set_postfix(front=front_size, evals_per_s=f"{evaluated / max(elapsed, 1e-9):.2f}")
-    progress.close()
-    evolution.save_state(output_dir / STATE, num_asked)
-    search_seconds = time.perf_counter() - evaluations_start
-
-    front = _measured_front(records, objectives, constraints, oracle, space, archive)
+    objectives, reference, records = loop.objectives, info["reference_point"], loop.records
+    front = _measured_front(records, objectives, loop.constraints, oracle, space, loop.archive)
     points = _points(records, objectives)
     volume = hypervolume([points[i] for i in front], [reference[name] for name in objectives])
     result = SearchResult(
@@ -374,19 +221,251 @@ def _coordinate(config: SearchConfig, supernet_dir: Path, spec: FitnessSpec, mak
         front=[records[i] for i in front],
         records=records,
         hypervolume=volume,
-        evaluations=evaluated,
-        seconds=time.perf_counter() - start,
+        evaluations=loop.evaluated,
+        seconds=watch.seconds,
     )
+    timing = {"search_seconds": loop.seconds, "ask_tell_seconds": loop.ask_tell.seconds, "evaluated": loop.evaluated}
     write_outputs(
-        result,
-        config=config,
-        supernet=supernet,
-        supernet_dir=supernet_dir,
-        info=info,
-        oracle=oracle,
-        timing={"search_seconds": search_seconds, "ask_tell_seconds": ask_seconds, "evaluated": evaluated},
+        result, config=config, supernet=supernet, supernet_dir=supernet_dir, info=info, oracle=oracle, timing=timing
     )
     return result
+
+
+def _world_size(distributed: bool) -> int:
+    import torch
+
+    return torch.distributed.get_world_size() if distributed else 1
+
+
+def _pin_run(config: SearchConfig, output_dir: Path, supernet_dir: Path, fitness_key: str, oracle, supernet) -> dict:
+    """The run's `run.json` (what its results depend on: written, or checked against the run being resumed) and its
+    `config.yaml`; returns the run info."""
+    space = supernet.search_space
+    saved = read_json(output_dir / RUN_INFO) or {}
+    # Fixed for the whole run: a resumed run keeps the reference point it started with.
+    reference = saved.get("reference_point") or reference_point(config, space, oracle, supernet)
+    info = {
+        "space": space_config_hash(space.config),
+        "fitness_key": fitness_key,
+        "latency_fingerprint": oracle.fingerprint,
+        "latency_mode": config.latency.mode,
+        "objectives": list(config.search.objectives),
+        "constraints": [str(c) for c in config.constraints],
+        "reference_point": reference,
+        "optimizer": config.search.optimizer,
+        "seed": config.search.seed,
+        "supernet": str(supernet_dir),
+    }
+    _check_same_run(output_dir / RUN_INFO, info)
+    (output_dir / CONFIG).write_text(yaml.safe_dump(asdict(config), sort_keys=False))
+    return info
+
+
+def _open_cache(config: SearchConfig, fitness_key: str) -> tuple[JsonlArchive | None, dict[str, dict]]:
+    """The fitness cache shared across runs (None when switched off) and what it knows: hash -> metrics."""
+    if not config.fitness.cache_dir:
+        return None, {}
+    cache = JsonlArchive(Path(config.fitness.cache_dir).expanduser() / f"{fitness_key}.jsonl")
+    return cache, {record["hash"]: record["metrics"] for record in cache.records()}
+
+
+def _resume(
+    config: SearchConfig, output_dir: Path, evolution: Evolution, space, oracle, known: dict, reference: dict
+) -> ArchiveReplay:
+    """Replay the run folder's archive: tell the optimizer every archived result again, as it was told before the
+    kill (the objectives at the time, before later measurements), and restore its random state; a new run instead
+    suggests the space's extremes. The replayed results then get the measurements made since."""
+    objectives = list(config.search.objectives)
+    replay = read_archive(output_dir / ARCHIVE)
+    oracle.measured.update(replay.measured)
+    for record in replay.results:
+        known.setdefault(record["hash"], record["metrics"])
+        evolution.remember(
+            space.decode(record["encoding"]),
+            _normalised(record["objectives"], objectives, reference),
+            record["violations"],
+        )
+    apply_measurements(replay.results, oracle.measured, config.constraints)
+    if replay.num_asked:
+        evolution.load_state(output_dir / STATE)
+        in_flight = len(replay.asked)
+        _say(f"resuming {output_dir}: {len(replay.results)} results archived, {in_flight} in flight at the kill")
+    elif config.search.suggest_extremes:
+        for arch in (space.smallest(), space.largest()):
+            evolution.suggest(arch)
+    return replay
+
+
+class SearchLoop:
+    """Rank 0's evolution loop over the DMMPE pool (see the module docstring, step 4).
+
+    Keeps every worker busy (asks as soon as one is free: no generation barrier), tells results in the order they
+    finish, and appends every ask and result to the archive before the optimizer hears of it. Architectures seen
+    before (this run, or the fitness cache of earlier runs) are told from `known` without evaluating; candidates in
+    flight at a kill are re-submitted under their index before anything new is asked.
+    """
+
+    def __init__(
+        self,
+        config: SearchConfig,
+        space,
+        evolution: Evolution,
+        oracle: LatencyOracle,
+        reference: dict[str, float],
+        output_dir: Path,
+        cache: JsonlArchive | None,
+        known: dict[str, dict],
+        replay: ArchiveReplay,
+    ):
+        self.config, self.space, self.evolution, self.oracle = config, space, evolution, oracle
+        self.reference = reference
+        self.objectives = list(config.search.objectives)
+        self.constraints: list[Constraint] = config.constraints
+        self.budget = config.search.budget
+        self.archive, self.state_path = JsonlArchive(output_dir / ARCHIVE), output_dir / STATE
+        self.cache, self.known = cache, known  # hash -> metrics (fitness cache, then this run's results)
+        self.records = replay.results
+        self.num_asked = replay.num_asked
+        self.resubmit = [(index, space.decode(record["encoding"])) for index, record in sorted(replay.asked.items())]
+        self.in_flight: dict[str, tuple] = {}  # task id -> (index, candidate, arch)
+        self.evaluated = 0  # evaluations this session (not told from the cache or the archive)
+        self.ask_tell = Accumulator()  # the optimizer's and the bookkeeping's share of the loop
+        self.seconds = 0.0  # the loop's wall-clock time, pool start and stop included
+        self._points = _PointsView(self.records, self.objectives)
+        self.live_front = pareto_indices(self._points, _feasible(self.records))  # for the progress bar
+        self.progress = None
+
+    def run(self, make, distributed: bool) -> None:
+        """Evaluate candidates until the budget is spent, then save the optimizer's state."""
+        from tqdm.auto import tqdm
+
+        from .pool import EvaluationPool
+
+        self.progress = tqdm(
+            total=self.budget, initial=len(self.records), desc="search", disable=not self.config.progress_bar
+        )
+        watch = Stopwatch()
+        pool_config = self.config.pool
+        with EvaluationPool(
+            make,
+            workers=pool_config.workers,
+            distributed=distributed,
+            max_retries=pool_config.max_retries,
+            heartbeat_timeout=pool_config.heartbeat_timeout,
+            threads_per_worker=self.config.fitness.num_threads,
+        ) as pool:
+            while len(self.records) < self.budget:
+                self.step(pool, watch)
+        self.progress.close()
+        self.checkpoint()
+        self.seconds = watch.seconds
+
+    def step(self, pool, watch: Stopwatch) -> None:
+        """Fill the idle workers, wait for results (at most a second), archive and tell what is ready."""
+        ready = self.dispatch(pool)
+        results = pool.wait(timeout=1.0) if self.in_flight and not ready else []
+        if self.oracle.mode == "measure" and (results or ready):
+            results += pool.drain()  # time latency with no evaluation running beside it
+        ready += [self.receive(task_id, result) for task_id, result in results]
+        with self.ask_tell:
+            for index, candidate, arch, metrics, extra in ready:
+                self.tell(index, candidate, arch, metrics, extra)
+        if ready:
+            rate = self.evaluated / max(watch.seconds, 1e-9)
+            self.progress.set_postfix(front=len(self.live_front), evals_per_s=f"{rate:.2f}")
+
+    def dispatch(self, pool) -> list[tuple]:
+        """Submit candidates until every worker has one and one more waits (so that a worker that finishes takes the
+        next at once instead of waiting for the optimizer's ask); returns those seen before, ready to tell as
+        (index, candidate, arch, metrics, extra)."""
+        capacity = pool.num_workers + 1
+        ready = []
+        while (queued := len(self.in_flight) + len(ready)) < capacity and len(self.records) + queued < self.budget:
+            with self.ask_tell:
+                index, candidate, arch = self.ask()
+            digest = self.space.hash(arch)
+            if digest in self.known:  # seen before (this run or the fitness cache): no evaluation
+                ready.append((index, candidate, arch, self.known[digest], {"cached": True}))
+                continue
+            self.in_flight[str(index)] = (index, candidate, arch)
+            pool.submit(str(index), {"encoding": self.space.encode(arch)})
+        return ready
+
+    def ask(self) -> tuple[int, object, dict]:
+        """(index, candidate, arch): a candidate in flight at the kill again, else a new ask (archived)."""
+        if self.resubmit:
+            index, arch = self.resubmit.pop(0)
+            return index, self.evolution.candidate(arch), arch
+        index = self.num_asked
+        candidate, arch = self.evolution.ask()
+        self.num_asked += 1
+        self.archive.append({"kind": "ask", "index": index, "encoding": self.space.encode(arch)})
+        return index, candidate, arch
+
+    def receive(self, task_id: str, result: dict) -> tuple:
+        """A worker's result as (index, candidate, arch, metrics, extra); a success goes to `known` and the cache, a
+        failure gets the worst metrics."""
+        index, candidate, arch = self.in_flight.pop(task_id)
+        extra = {"worker": result.get("worker"), "eval_seconds": result.get("eval_seconds")}
+        if "error" in result:
+            extra["error"] = result["error"]
+            metrics = {
+                "accuracy": 0.0,
+                "loss": None,
+                "macs": self.reference.get("macs", 0.0),
+                "params": self.reference.get("params", 0.0),
+            }
+            logger.warning("candidate %s failed: %s", self.space.encode(arch), result["error"])
+        else:
+            metrics = {key: result[key] for key in ("accuracy", "loss", "macs", "params")}
+            digest = self.space.hash(arch)
+            self.known[digest] = metrics
+            if self.cache is not None:
+                self.cache.append({"hash": digest, "encoding": self.space.encode(arch), "metrics": metrics})
+            self.evaluated += 1
+        return index, candidate, arch, metrics, extra
+
+    def tell(self, index: int, candidate, arch: dict, metrics: dict, extra: dict) -> None:
+        """Archive the result (on disk before the optimizer hears of it), then tell the optimizer."""
+        record = self.result_record(index, arch, metrics, extra)
+        self.archive.append(record)
+        self.records.append(record)
+        if record["feasible"]:
+            self.live_front = add_to_front(self.live_front, self._points, len(self.records) - 1)
+        normalised = _normalised(record["objectives"], self.objectives, self.reference)
+        self.evolution.tell(candidate, normalised, record["violations"])
+        self.progress.update(1)
+        if len(self.records) % self.config.search.save_every == 0:
+            self.checkpoint()
+
+    def result_record(self, index: int, arch: dict, metrics: dict, extra: dict) -> dict:
+        """The archive's record of a result: objectives with the latency estimate, constraint violations (a failed
+        evaluation is told as infeasible, so the optimizer moves away from it), feasibility."""
+        latency_ms, source = self.oracle.estimate(arch)
+        values = objectives_of(metrics, latency_ms)
+        violations = [constraint.violation(values) for constraint in self.constraints]
+        if "error" in extra:
+            violations = [max(v, 1.0) for v in violations] or [1.0]
+        digest = self.space.hash(arch)
+        latency = {"ms": latency_ms, "source": source, "fingerprint": self.oracle.key}
+        if source == "measured":
+            latency["iqr_ms"] = self.oracle.measured[digest]["iqr_ms"]
+        return {
+            "kind": "result",
+            "index": index,
+            "hash": digest,
+            "encoding": self.space.encode(arch),
+            "metrics": metrics,
+            "objectives": {name: values[name] for name in self.objectives},
+            "latency": latency,
+            "violations": violations,
+            "feasible": not any(violations) and "error" not in extra,
+            **extra,
+        }
+
+    def checkpoint(self) -> None:
+        """Save the optimizer's random state with the number of candidates asked."""
+        self.evolution.save_state(self.state_path, self.num_asked)
 
 
 def _measured_front(records: list[dict], objectives: list[str], constraints, oracle, space, archive) -> list[int]:
@@ -404,51 +483,6 @@ def _measured_front(records: list[dict], objectives: list[str], constraints, ora
             for record in records:
                 if record["hash"] == records[i]["hash"]:
                     apply_latency(record, measurement, constraints)
-
-
-def read_archive(archive: JsonlArchive) -> tuple[list[dict], dict[int, dict], dict[str, dict]]:
-    """What `archive` holds: the results in order; the asks whose result never came (index -> ask record: in flight
-    at a kill); and the latency measurements by architecture hash (front members measured after prediction, and the
-    timings that `latency.mode: measure` put in the results themselves)."""
-    results: list[dict] = []
-    asked: dict[int, dict] = {}
-    measured: dict[str, dict] = {}
-    for record in archive.records():
-        if record["kind"] == "ask":
-            asked[record["index"]] = record
-        elif record["kind"] == "result":
-            asked.pop(record["index"], None)
-            results.append(record)
-            if record["latency"]["source"] == "measured":
-                measured.setdefault(
-                    record["hash"], {"median_ms": record["latency"]["ms"], "iqr_ms": record["latency"]["iqr_ms"]}
-                )
-        elif record["kind"] == "latency":
-            measured[record["hash"]] = record["measurement"]
-    return results, asked, measured
-
-
-def apply_measurements(results: list[dict], measured: dict[str, dict], constraints) -> None:
-    """`apply_latency` to every result whose latency was predicted and whose architecture was measured since."""
-    for record in results:
-        if record["hash"] in measured and record["latency"]["source"] != "measured":
-            apply_latency(record, measured[record["hash"]], constraints)
-
-
-def apply_latency(record: dict, measurement: dict, constraints) -> None:
-    """Replace a result record's predicted latency by `measurement` (a `measure_latency` dict), recomputing its
-    objectives and, for a successful evaluation, its constraint violations and feasibility."""
-    record["latency"] = {
-        "ms": measurement["median_ms"],
-        "iqr_ms": measurement["iqr_ms"],
-        "source": "measured",
-        "fingerprint": record["latency"]["fingerprint"],
-    }
-    values = objectives_of(record["metrics"], measurement["median_ms"])
-    record["objectives"] = {name: values[name] for name in record["objectives"]}
-    if "error" not in record:
-        record["violations"] = [constraint.violation(values) for constraint in constraints]
-        record["feasible"] = not any(record["violations"])
 
 
 class _PointsView:
@@ -494,11 +528,9 @@ def _check_same_run(path: Path, info: dict) -> None:
 
 
 __all__ = [
+    "LatencyOracle",
+    "SearchLoop",
     "SearchResult",
-    "apply_latency",
-    "apply_measurements",
-    "objectives_of",
-    "read_archive",
     "reference_point",
     "resolve_supernet",
     "run",

@@ -4,9 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from distill.config import DataConfig, DistillConfig, LossConfig
+from distill.config import DataConfig, DistillConfig, LossConfig, parse_config
 from distill.teachers import load_teacher, tokens_to_grid
-from distill.train import parse_config
 from evonets.data.classification import EpochShuffleSampler, load_data
 
 NAMES = [str(i) for i in range(10)]

@@ -47,7 +47,7 @@ distill:
 @pytest.fixture(scope="module")
 def digits_setup(tmp_path_factory):
     """(config path, teacher path): a ConvNeXtV2 teacher trained for 2 epochs on digits at 16 px."""
-    from distill.train import parse_config
+    from distill import parse_config
     from distill.train_teacher import train_teacher
 
     root = tmp_path_factory.mktemp("distill")
@@ -98,13 +98,12 @@ def _run(args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_short_run_on_digits_learns_and_writes_a_loadable_supernet(digits_setup, tmp_path):
-    from distill.train import parse_config
-    from distill.trainer import train
+    from distill import parse_config, train_supernet
     from evonets.models.supernet import EvoNetSupernet
 
     config_path, _ = digits_setup
     config = parse_config(["--config", str(config_path), "--trainer.output_dir", str(tmp_path / "run")])
-    result = train(config)
+    result = train_supernet(config)
 
     losses = _losses(result.log_path)
     assert sorted(losses) == [5, 10, 15, 20, 25, 30]
@@ -241,10 +240,9 @@ def test_two_process_run_on_cpu_with_gloo(digits_setup, tmp_path):
             assert two[step][name] == pytest.approx(one[step][name], rel=1e-4), (step, name)
 
     # Gradient accumulation over two micro-batches of 16 is the same global batch again.
-    from distill.train import parse_config
-    from distill.trainer import train
+    from distill import parse_config, train_supernet
 
-    accumulated = train(
+    accumulated = train_supernet(
         parse_config(
             [
                 *common,
@@ -270,7 +268,7 @@ def test_two_process_run_on_cpu_with_gloo(digits_setup, tmp_path):
 
 def test_resume_picks_the_latest_complete_checkpoint(tmp_path):
     from distill.config import TrainerConfig
-    from distill.trainer import CHECKPOINT_MARKER, find_checkpoints, resolve_resume
+    from evonets.engine.checkpoints import CHECKPOINT_MARKER, find_checkpoints, resolve_resume
 
     folder = tmp_path / "checkpoints"
     for index in (0, 1, 2, 10):
@@ -287,3 +285,25 @@ def test_resume_picks_the_latest_complete_checkpoint(tmp_path):
     with pytest.raises(ValueError, match="trainer.resume = 'never' but"):
         resolve_resume(TrainerConfig(resume="never"), tmp_path)
     assert resolve_resume(TrainerConfig(resume="auto"), tmp_path / "fresh") is None
+
+
+def test_build_supernet_reuses_a_finished_run_of_the_same_config(tmp_path, monkeypatch):
+    import distill.trainer
+    from distill import DistillConfig, build_supernet
+
+    config = DistillConfig()
+    config.trainer.output_dir = str(tmp_path / "run")
+    supernet_dir = tmp_path / "run" / "supernet"
+    supernet_dir.mkdir(parents=True)
+    (tmp_path / "run" / "config.yaml").write_text(distill.trainer.to_yaml(config))
+    summary = {"steps": 7, "val_accuracy": {"largest": 0.5}}
+    (supernet_dir / "distill_summary.json").write_text(json.dumps(summary))
+    trained, said = [], []
+    monkeypatch.setattr(distill.trainer, "train", lambda config: trained.append(config) or "trained")
+
+    result = build_supernet(config, log=said.append)
+    assert not trained and said == [f"distill: reusing the finished supernet {supernet_dir}"]
+    assert (result.supernet_dir, result.steps, result.val_accuracy) == (supernet_dir, 7, {"largest": 0.5})
+
+    config.trainer.max_steps += 1  # another config: trained (resumed from its checkpoints)
+    assert build_supernet(config, log=said.append) == "trained" and trained == [config]

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from distill.config import DataConfig
+from evonets.data.config import DataConfig
 from search.rank_check import RankCheckConfig, main, resolve_data_config
 from search.ranking import ranking_scores, seed_ceiling
 
@@ -27,11 +27,12 @@ def supernet_dir(tmp_path_factory):
 def cli_run(supernet_dir, tmp_path_factory):
     """One CLI run (n = 4, 2 seeds) with the test split removed from the digits data and every scored batch recorded."""
     import evonets.data.digits
+    import evonets.engine.evaluation
     import search.ranking
 
     output_dir = tmp_path_factory.mktemp("rank_check")
     load_digits = evonets.data.digits.load_digits_dataset
-    evaluate = search.ranking.evaluate
+    evaluate = evonets.engine.evaluation.evaluate
     scored = []
 
     def without_test_split(*args, **kwargs):
@@ -39,13 +40,16 @@ def cli_run(supernet_dir, tmp_path_factory):
         del splits["test"]  # reading it would now fail
         return splits
 
-    def recording_evaluate(model_fn, pixel_values, labels, resolution, *args, **kwargs):
-        scored.append((pixel_values.clone(), labels.clone(), resolution))
-        return evaluate(model_fn, pixel_values, labels, resolution, *args, **kwargs)
+    def recording_evaluate(model_fn, batches, resolution=None, **kwargs):
+        batches = list(batches)
+        pixel_values = torch.cat([batch["pixel_values"] for batch in batches])
+        scored.append((pixel_values, torch.cat([batch["labels"] for batch in batches]), resolution))
+        return evaluate(model_fn, batches, resolution, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(evonets.data.digits, "load_digits_dataset", without_test_split)
-        patch.setattr(search.ranking, "evaluate", recording_evaluate)
+        patch.setattr(search.ranking, "evaluate", recording_evaluate)  # the stand-alone scores
+        patch.setattr(evonets.engine.evaluation, "evaluate", recording_evaluate)  # the search's evaluator
         argv = ["--supernet", str(supernet_dir), "--n", "4", "--data.source", "digits", "--progress_bar", "false"]
         report = main(argv + FAST + ["--output_dir", str(output_dir)])
     return report, output_dir, scored

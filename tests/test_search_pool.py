@@ -59,10 +59,11 @@ def make_failing_evaluator():
 
 def make_supernet_evaluator(folder: str):
     """Validation accuracy and loss on digits of `payload["arch"]` (an encoding) with the supernet's weights."""
-    from distill.config import DataConfig
     from evonets.data.classification import load_data
+    from evonets.data.config import DataConfig
+    from evonets.engine.evaluation import evaluate as evaluate_model
+    from evonets.engine.evaluation import tensor_batches
     from evonets.models.supernet import EvoNetSupernet
-    from search.ranking import evaluate as evaluate_model
     from search.ranking import validation_tensors
 
     supernet = EvoNetSupernet.from_pretrained(folder).eval()
@@ -71,7 +72,8 @@ def make_supernet_evaluator(folder: str):
     @torch.inference_mode()
     def evaluate(payload: dict) -> dict:
         arch = supernet.search_space.decode(payload["arch"])
-        return evaluate_model(lambda x: supernet(x, arch=arch).logits, pixel_values, labels, arch["resolution"])
+        batches = tensor_batches(pixel_values, labels)
+        return evaluate_model(lambda x: supernet(x, arch=arch).logits, batches, arch["resolution"])
 
     return evaluate
 

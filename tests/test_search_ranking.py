@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
+from evonets.engine.evaluation import evaluate, tensor_batches
 from evonets.models.search_space import EvoNetSupernetConfig
 from search.ranking import (
     StandaloneRecipe,
-    evaluate,
     rank_correlations,
     sample_architectures,
     seed_ceiling,
@@ -47,10 +47,31 @@ def test_seed_ceiling_of_two_seeds_is_their_tau():
 def test_evaluate_reports_accuracy_and_loss():
     logits = torch.tensor([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0]])
     labels = torch.tensor([0, 1, 1])
-    result = evaluate(lambda x: logits[: len(x)], torch.zeros(3, 3, 4, 4), labels, resolution=4)
+    result = evaluate(lambda x: logits[: len(x)], tensor_batches(torch.zeros(3, 3, 4, 4), labels), resolution=4)
     assert result["accuracy"] == pytest.approx(2 / 3)
     expected = torch.nn.functional.cross_entropy(logits, labels).item()
     assert result["loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_evaluate_over_batches_resized_and_gathered():
+    """Slices of any size give the same scores; `resolution` resizes each batch; `gather` sees (logits, labels)."""
+    torch.manual_seed(0)
+    pixel_values, labels = torch.randn(7, 3, 8, 8), torch.randint(0, 3, (7,))
+    weights = torch.randn(3 * 4 * 4, 3)
+    seen = []
+
+    def model_fn(x):
+        seen.append(tuple(x.shape[-2:]))
+        return x.flatten(1) @ weights
+
+    def gather(pair):
+        seen.append("gathered")
+        return pair
+
+    whole = evaluate(model_fn, tensor_batches(pixel_values, labels, 7), resolution=4)
+    sliced = evaluate(model_fn, tensor_batches(pixel_values, labels, 3), resolution=4, gather=gather)
+    assert sliced["accuracy"] == whole["accuracy"] and sliced["loss"] == pytest.approx(whole["loss"], rel=1e-6)
+    assert seen == [(4, 4)] + [(4, 4), "gathered"] * 3
 
 
 def test_standalone_scores_average_seeds_and_use_the_cache(tmp_path, monkeypatch):

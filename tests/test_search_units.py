@@ -202,3 +202,51 @@ def test_resume_replay_survives_optimizers_that_reject_untold_points():
     assert any(told)
     candidate, _ = evolution.ask()  # still usable
     evolution.tell(candidate, [0.5, 0.5], [])
+
+
+def test_no_batchnorm_no_recalibration_batch_is_drawn():
+    import torch
+
+    from evonets.models.supernet import EvoNetSupernet
+    from search.evaluators import batchnorm_layers, recalibrate_batchnorm
+
+    def batches():
+        raise AssertionError("a recalibration batch was drawn for a model without BatchNorm")
+        yield
+
+    assert recalibrate_batchnorm(torch.nn.Linear(2, 2), batches()) == 0
+    assert batchnorm_layers(EvoNetSupernet(_space().config)) == []  # so the evaluator never recalibrates
+
+
+def _result(index, digest, latency_ms, source="lut"):
+    latency = {"ms": latency_ms, "source": source, "fingerprint": "k"}
+    if source == "measured":
+        latency["iqr_ms"] = 0.1
+    return {
+        "kind": "result", "index": index, "hash": digest, "encoding": digest,
+        "metrics": {"accuracy": 0.9, "loss": 0.3, "macs": 10.0, "params": 5.0},
+        "objectives": {"error": 0.1, "latency_ms": latency_ms}, "latency": latency, "violations": [0.0], "feasible": True,
+    }  # fmt: skip
+
+
+def test_run_folder_replays_the_archive(tmp_path):
+    from search.run_folder import read_archive, read_results
+
+    archive = JsonlArchive(tmp_path / "archive.jsonl")
+    archive.append_many([
+        {"kind": "ask", "index": 0, "encoding": "a"},
+        {"kind": "ask", "index": 1, "encoding": "b"},  # in flight at the kill
+        _result(0, "a", 1.0),
+        {"kind": "ask", "index": 2, "encoding": "c"},
+        _result(2, "c", 3.0, source="measured"),
+        {"kind": "latency", "hash": "a", "measurement": {"median_ms": 2.5, "iqr_ms": 0.2}},  # a front member, timed
+    ])  # fmt: skip
+    replay = read_archive(archive.path)
+    assert [r["index"] for r in replay.results] == [0, 2] and list(replay.asked) == [1] and replay.num_asked == 3
+    assert replay.measured == {"c": {"median_ms": 3.0, "iqr_ms": 0.1}, "a": {"median_ms": 2.5, "iqr_ms": 0.2}}
+    assert replay.results[0]["latency"]["source"] == "lut"  # as it was told, before the measurement
+    records = read_results(archive.path, [Constraint.parse("latency_ms <= 2")])
+    assert records[0]["latency"] == {"ms": 2.5, "iqr_ms": 0.2, "source": "measured", "fingerprint": "k"}
+    assert records[0]["objectives"] == {"error": pytest.approx(0.1), "latency_ms": 2.5}
+    assert records[0]["violations"] == [pytest.approx(0.5)] and not records[0]["feasible"]
+    assert read_archive(tmp_path / "none.jsonl").num_asked == 0

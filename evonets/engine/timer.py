@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import resource
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 
 def cpu_seconds(children: bool = False) -> float:
@@ -53,7 +57,7 @@ class Accumulator:
     def __init__(self):
         self.seconds = 0.0
 
-    def __enter__(self) -> Accumulator:
+    def __enter__(self) -> Self:
         self._start = time.perf_counter()
         return self
 

@@ -1,27 +1,6 @@
-"""Latency of candidate networks on the machine that runs the search: measured, and predicted by a per-block table.
+"""Per-block latency look-up table of a search space: predicts an architecture's latency without building it.
 
-Measurement
------------
-`measure_latency(model, resolution, settings)` times `model(pixel_values)` on a random (batch, channels, r, r) input:
-
-- backend `"torch"`: PyTorch eager, in eval mode under `torch.inference_mode`, with the selective-scan backend that
-  `"auto"` picks here (the fused CPU kernel when it builds);
-- backend `"onnxruntime"`: the model exported by `evonets.deploy.onnx_export.export_onnx` (fixed shapes, the pure-PyTorch
-  chunked scan) and run in an onnxruntime session (`OnnxRuntimeModel`).
-
-`warmup` untimed calls, then `repeats` calls timed one by one, with Python's garbage collector paused (as `timeit`
-does) and torch / onnxruntime held at `num_threads` intra-op threads. The clock is the wall clock (`perf_counter`), or
-with `clock="cpu"` the timing thread's CPU time, which on a machine shared with other jobs leaves out the time they
-hold the core. By default glibc's malloc is told to keep freed memory (`keep_freed_memory`), so that a network does
-not re-fault its temporaries' pages on every call. The result (`LatencyMeasurement`) is the median and quartiles of
-the timed calls, stamped with the `device_fingerprint`: CPU model and vector ISA, cores, threads, backend, scan
-backend, batch, clock, allocator, library versions. Latencies with different fingerprints are not comparable;
-`fingerprint_key` is the short hash that says whether two are. Only CPU latency is measured.
-
-Look-up table
--------------
-`LatencyTable` predicts an architecture's latency without building it. A network is a chain of parts, and each
-part's cost depends only on a few genes:
+A network is a chain of parts, and each part's cost depends only on a few genes:
 
     stem(resolution, width_0)
       + sum over stages s > 0 of   downsample(grid_{s-1}, width_{s-1}, width_s)
@@ -32,10 +11,11 @@ with `grid_s = resolution / (patch_size * 2**s)` the side of stage s's token map
 every entry some architecture of the space can reach (an entry is keyed by what determines its computation, so a
 part shared by two stages or resolutions is timed once), builds the parts with the model code itself
 (`EvoNetForImageClassification` networks whose one stage holds the block variants, initialised by `post_init`;
-`EvoNetDownsample`), and times each on its real input shape. The parts of one probe network are timed together, in
-rounds that visit each part in turn, so a burst of load from another process spreads over all of them instead of
-spoiling a few. With the `"onnxruntime"` backend each part is exported to its own ONNX file and timed in its own
-session, as the whole networks it predicts are.
+`EvoNetDownsample`), and times each on its real input shape with `evonets.deploy.latency` (the same settings, runtime
+and fingerprint as a measurement). The parts of one probe network are timed together, in rounds that visit each part
+in turn, so a burst of load from another process spreads over all of them instead of spoiling a few. With the
+`"onnxruntime"` backend each part is exported to its own ONNX file and timed in its own session, as the whole
+networks it predicts are.
 
 The table is SSM-aware by construction: it times every (d_state, ssm_ratio, token grid) of the SS2D and SSD blocks
 the space allows, rather than modelling them. Their cost does not follow MACs: the SS2D scan is a sequential
@@ -48,29 +28,23 @@ dataclass, one session call instead of many) and run on warmer caches. So `build
 (the smallest, the largest, and random ones drawn with their own seed, never those `lut_error` checks; together, in
 rounds, like the parts) and fits `measured = scale * sum(entries) + offset` to them, robustly, on the relative error
 (`Calibration.fit`). `lut_error` reports how well the result predicts `measure_architecture` on random
-architectures.
+architectures. A table is valid for one search space (`space_config_hash`) on one device (`fingerprint_key`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import dataclasses
-import gc
 import itertools
 import json
 import logging
 import os
-import platform
 import random
-import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -79,25 +53,30 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedConfig
 
-import evonets
-from evonets.deploy.onnx_export import EXPORT_SCAN_BACKEND, OnnxRuntimeModel, export_mode, export_onnx
+from evonets.deploy.fingerprint import device_fingerprint, fingerprint_key
+from evonets.deploy.latency import (
+    Exporter,
+    LatencyMeasurement,
+    LatencySettings,
+    measure_latency,
+    prepare_process,
+    time_modules,
+)
+from evonets.deploy.onnx_export import export_mode
 from evonets.engine.archive import write_json_atomic
 from evonets.engine.identity import digest
 from evonets.models.configuration_evonet import BLOCK_TYPES
 from evonets.models.modeling_evonet import EvoNetDownsample, EvoNetForImageClassification
 from evonets.models.search_space import BLOCK_TYPE_GENES, EvoNetSupernetConfig, SearchSpace, format_number
-from evonets.models.selective_scan import _resolve_backend
 
 if TYPE_CHECKING:
     from evonets.models.supernet import EvoNetSupernet
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("torch", "onnxruntime")
-CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
 TABLE_FORMAT = "evonets-latency-table"
 TABLE_VERSION = 1
-# Rounds over a probe network's parts when building a table (see `_time_interleaved`).
+# Rounds over a probe network's parts when building a table (see `evonets.deploy.latency.time_modules`).
 TABLE_ROUNDS = 5
 # Block variants per probe network: bounds the memory of the largest stage's variants (the default space has 45 per
 # stage, up to ~4 M parameters each).
@@ -105,133 +84,6 @@ PROBE_BLOCKS = 16
 # Whole networks measured to calibrate a table, and the seed of the random ones (`lut_error` samples with seeds from 0).
 CALIBRATION_NETWORKS = 8
 CALIBRATION_SEED = 1_000_003
-_INSTALL_HINT = "pip install evonets[onnx]"
-_freed_memory_kept = False  # whether `allocator_state` told glibc to keep freed memory in this process
-
-
-# Settings and fingerprint -------------------------------------------------------------------------------------------
-
-
-@dataclass
-class LatencySettings:
-    """How latency is measured: the runtime, the input batch, and the timing protocol."""
-
-    backend: Literal["torch", "onnxruntime"] = "torch"
-    """`torch`: PyTorch eager with the fastest selective-scan backend available here. `onnxruntime`: the model exported
-    to ONNX and run in an onnxruntime CPU session."""
-
-    batch_size: int = 1
-    """Images per timed call."""
-
-    warmup: int = 5
-    """Untimed calls before timing."""
-
-    repeats: int = 30
-    """Timed calls; the latency is their median, the spread their inter-quartile range."""
-
-    num_threads: int | None = None
-    """Intra-op threads of torch / onnxruntime while timing; `None`: torch's current setting
-    (`torch.get_num_threads()`), for both backends."""
-
-    clock: Literal["wall", "cpu"] = "wall"
-    """`wall`: wall-clock time (`time.perf_counter`), the latency. `cpu`: the CPU time of the timing thread
-    (`time.thread_time`), which leaves out the time other processes hold the core: on a machine shared with other jobs,
-    it is what the wall clock would show on an idle one. Needs one thread (both backends then compute on the calling
-    thread)."""
-
-    keep_freed_memory: bool = True
-    """Tell glibc's malloc, for the rest of the process, to keep freed memory instead of returning it to the system
-    (`M_MMAP_THRESHOLD` 32 MiB, `M_TRIM_THRESHOLD` 1 GiB, as jemalloc and tcmalloc behave). With glibc's defaults a
-    network re-faults the pages of its larger temporaries on every call (~800 minor page faults per call for the
-    smallest 224 px EvoNet, against ~300 for its parts timed one by one), a cost that depends on the whole network's
-    allocation pattern and that no per-part table can add up. `False` leaves the allocator as it is."""
-
-    def validate(self) -> LatencySettings:
-        """Raise `ValueError` naming the first invalid field; return self."""
-        if self.backend not in BACKENDS:
-            _fail("backend", self.backend, f"one of {list(BACKENDS)}")
-        for name, minimum in (("batch_size", 1), ("warmup", 0), ("repeats", 1)):
-            value = getattr(self, name)
-            if not _is_int(value) or value < minimum:
-                _fail(name, value, f"an int >= {minimum}")
-        if self.num_threads is not None and (not _is_int(self.num_threads) or self.num_threads < 1):
-            _fail("num_threads", self.num_threads, "None or an int >= 1")
-        if self.clock not in CLOCKS:
-            _fail("clock", self.clock, f"one of {list(CLOCKS)}")
-        if self.clock == "cpu" and self.threads != 1:
-            _fail("clock", self.clock, f"'wall' with {self.threads} threads ('cpu' times one thread: num_threads = 1)")
-        if not isinstance(self.keep_freed_memory, bool):
-            _fail("keep_freed_memory", self.keep_freed_memory, "a bool")
-        return self
-
-    @property
-    def threads(self) -> int:
-        """The intra-op threads timing uses: `num_threads`, or torch's current setting."""
-        return self.num_threads if self.num_threads is not None else torch.get_num_threads()
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo, else what `platform` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
-def scan_backend(settings: LatencySettings) -> str:
-    """The selective-scan backend the timed SS2D blocks run: what `backend="auto"` resolves to for CPU tensors in this
-    process (building the fused CPU kernel if needed) with PyTorch, the export's pure-PyTorch scan with onnxruntime."""
-    if settings.backend == "onnxruntime":
-        return EXPORT_SCAN_BACKEND
-    return _resolve_backend("auto", torch.empty(0))
-
-
-def allocator_state(settings: LatencySettings) -> str:
-    """How this process's malloc treats freed memory, after applying `settings.keep_freed_memory` (which cannot be
-    undone: once kept, freed memory stays kept in this process)."""
-    global _freed_memory_kept
-    if settings.keep_freed_memory and not _freed_memory_kept:
-        try:
-            libc = ctypes.CDLL("libc.so.6")
-        except OSError:  # not glibc: nothing to set
-            return "default"
-        m_trim_threshold, m_mmap_threshold = -1, -3  # from <malloc.h>
-        _freed_memory_kept = bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(
-            libc.mallopt(m_trim_threshold, 1 << 30)
-        )
-    return "glibc, freed memory kept" if _freed_memory_kept else "default"
-
-
-def device_fingerprint(settings: LatencySettings) -> dict:
-    """What a latency depends on besides the network: a JSON-able dict, equal for comparable measurements. Computing
-    it applies what the settings change in the process (the allocator; building the fused scan kernel), so it describes
-    the process as the measurements find it."""
-    settings = settings.validate()
-    return {
-        "cpu": cpu_model(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "logical_cores": os.cpu_count(),
-        "num_threads": settings.threads,
-        "backend": settings.backend,
-        "scan_backend": scan_backend(settings),
-        "batch_size": settings.batch_size,
-        "dtype": "float32",
-        "clock": settings.clock,
-        "allocator": allocator_state(settings),
-        "torch": torch.__version__,
-        "onnxruntime": _import_onnxruntime().__version__ if settings.backend == "onnxruntime" else None,
-        "evonets": evonets.__version__,
-        "python": platform.python_version(),
-        "os": f"{platform.system()} {platform.machine()}",
-    }
-
-
-def fingerprint_key(fingerprint: dict) -> str:
-    """A short stable id of a fingerprint: 12 hex digits of the SHA-256 of its canonical JSON."""
-    return digest(fingerprint)
 
 
 def space_config_hash(space_config: EvoNetSupernetConfig) -> str:
@@ -247,184 +99,12 @@ def space_config_hash(space_config: EvoNetSupernetConfig) -> str:
     return digest(fields)
 
 
-# Measurement --------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class LatencyMeasurement:
-    """Latency of one network in milliseconds per call (one batch): median, quartiles, inter-quartile range, and the
-    fingerprint of the device and runtime it was measured on."""
-
-    median_ms: float
-    q1_ms: float
-    q3_ms: float
-    iqr_ms: float
-    repeats: int
-    fingerprint: dict = field(default_factory=dict)
-
-    @classmethod
-    def from_seconds(cls, seconds: Sequence[float], fingerprint: dict) -> LatencyMeasurement:
-        q1, median, q3 = (float(value) * 1e3 for value in np.percentile(seconds, [25, 50, 75]))
-        return cls(median, q1, q3, q3 - q1, len(seconds), fingerprint)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> LatencyMeasurement:
-        return cls(**data)
-
-
-def measure_latency(
-    model: nn.Module,
-    resolution: int,
-    settings: LatencySettings,
-    num_channels: int = 3,
-    example_inputs: dict[str, torch.Tensor] | None = None,
-) -> LatencyMeasurement:
-    """Time `model(pixel_values)` on a random (batch_size, num_channels, resolution, resolution) input with the
-    settings' backend (see the module docstring). The model must be on the CPU; its training mode is restored after.
-
-    A model with other inputs passes `example_inputs`, the `{name: tensor}` keyword arguments of its forward, timed
-    as `model(**example_inputs)` (exported with them as named inputs): they replace the random input, so their own
-    batch is the one timed (give them `settings.batch_size`)."""
-    settings = settings.validate()
-    for name, value in (("resolution", resolution), ("num_channels", num_channels)):
-        if not _is_int(value) or value < 1:
-            raise ValueError(f"{name} = {value!r} is invalid: expected a positive int.")
-    parameter = next(model.parameters(), None)
-    if parameter is not None and parameter.device.type != "cpu":
-        raise ValueError(f"model is on {parameter.device}: latency is measured on the CPU; move it there first.")
-    fingerprint = device_fingerprint(settings)
-    shape = (settings.batch_size, num_channels, resolution, resolution)
-    training = model.training
-    model.eval()
-    try:
-        with (
-            tempfile.TemporaryDirectory(prefix="evonets-latency-") as folder,
-            _runner(
-                model,
-                example_inputs if example_inputs is not None else _random_input(shape),
-                settings,
-                _export_network,
-                os.path.join(folder, "model.onnx"),
-            ) as call,
-            _timing_conditions(settings.threads),
-        ):
-            (seconds,) = _time_interleaved([call], settings.warmup, settings.repeats, 1, CLOCKS[settings.clock])
-    finally:
-        model.train(training)
-    return LatencyMeasurement.from_seconds(seconds, fingerprint)
-
-
 def measure_architecture(supernet: EvoNetSupernet, arch: dict | str, settings: LatencySettings) -> LatencyMeasurement:
     """Latency of the standalone network of `arch` (a dict or its encoding): `supernet.extract(arch)`, timed at the
     architecture's resolution."""
     arch = _canonical(supernet.search_space, arch)
     model = supernet.extract(arch)
     return measure_latency(model, arch["resolution"], settings, num_channels=supernet.config.num_channels)
-
-
-def _random_input(shape: tuple[int, ...]) -> torch.Tensor:
-    return torch.randn(shape, generator=torch.Generator().manual_seed(0))
-
-
-@contextlib.contextmanager
-def _runner(
-    module: nn.Module,
-    example: torch.Tensor | dict[str, torch.Tensor],
-    settings: LatencySettings,
-    export: Callable[[nn.Module, torch.Tensor | dict[str, torch.Tensor], str], None],
-    onnx_path: str,
-) -> Iterator[Callable[[], object]]:
-    """A no-argument call that runs `module` once on `example` (a tensor, or a dict of named inputs) with the
-    settings' backend. For onnxruntime, `export(module, example, onnx_path)` writes the file its session runs (the
-    caller removes it)."""
-    named = isinstance(example, dict)
-    if settings.backend == "torch":
-        yield partial(module, **example) if named else partial(module, example)
-        return
-    _import_onnxruntime()
-    export(module, example, onnx_path)
-    runtime = OnnxRuntimeModel(onnx_path, num_threads=settings.threads)
-    yield partial(runtime, {name: tensor.numpy() for name, tensor in example.items()} if named else example.numpy())
-
-
-def _export_network(model: nn.Module, example: torch.Tensor | dict[str, torch.Tensor], path: str) -> None:
-    """`export_onnx` at the example's fixed shape; no check against PyTorch (timing does not need one)."""
-    if isinstance(example, dict):
-        export_onnx(model, path, example_inputs=example, dynamic_batch=False, check=False)
-        return
-    export_onnx(
-        model, path, image_size=tuple(example.shape[-2:]), batch_size=example.shape[0], dynamic_batch=False, check=False
-    )
-
-
-def _export_part(module: nn.Module, example: torch.Tensor, path: str) -> None:
-    """Export one table part (one tensor in, one out) the way `export_onnx` exports whole networks: the TorchScript
-    tracer, eval mode and the pure-PyTorch scan (`export_mode`), weights inside the file, fixed shapes."""
-    with export_mode(module), torch.no_grad(), warnings.catch_warnings():
-        # The tracer's deprecation notice, and Python-level shape checks that are constant for a fixed input shape.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        torch.onnx.export(
-            module,
-            (example,),
-            path,
-            input_names=["input"],
-            output_names=["output"],
-            do_constant_folding=True,
-            dynamo=False,
-        )
-
-
-@contextlib.contextmanager
-def _timing_conditions(num_threads: int) -> Iterator[None]:
-    """torch at `num_threads` intra-op threads, no autograd, Python's garbage collector paused; all restored after."""
-    threads, collecting = torch.get_num_threads(), gc.isenabled()
-    torch.set_num_threads(num_threads)
-    gc.disable()
-    try:
-        with torch.inference_mode():
-            yield
-    finally:
-        if collecting:
-            gc.enable()
-        torch.set_num_threads(threads)
-
-
-def _time_interleaved(
-    calls: Sequence[Callable[[], object]],
-    warmup: int,
-    repeats: int,
-    rounds: int,
-    clock: Callable[[], float] = time.perf_counter,
-) -> list[list[float]]:
-    """Seconds of `repeats` timed runs of each call, after `warmup` untimed ones.
-
-    The timed runs are spread over `rounds` rounds; each round visits every call, in an order rotated by one per
-    round, and (with several calls) re-warms each by one untimed run before timing it, since the call before it used
-    the caches. So a burst of load from another process hits all calls alike. One call and one round: the plain
-    warm-up, then `repeats` runs back to back.
-    """
-    for call in calls:
-        for _ in range(warmup):
-            call()
-    samples: list[list[float]] = [[] for _ in calls]
-    order = list(range(len(calls)))
-    rounds = max(1, min(rounds, repeats))
-    for round_index in range(rounds):
-        count = repeats // rounds + (round_index < repeats % rounds)
-        shift = round_index % len(order)
-        for index in order[shift:] + order[:shift]:
-            call, timings = calls[index], samples[index]
-            if len(calls) > 1:
-                call()
-            for _ in range(count):
-                start = clock()
-                call()
-                timings.append(clock() - start)
-    return samples
 
 
 # Look-up table: entries ---------------------------------------------------------------------------------------------
@@ -662,18 +342,17 @@ class LatencyTable:
         if not _is_int(calibration_networks) or calibration_networks < 2:
             raise ValueError(f"calibration_networks = {calibration_networks!r} is invalid: expected an int >= 2.")
         start = time.perf_counter()
+        prepare_process(settings)
         fingerprint = device_fingerprint(settings)
         probes = _plan(space_config, settings.batch_size)
-        total = sum(len(probe.parts) for probe in probes)
         entries: dict[str, LatencyEntry] = {}
-        with (
-            tempfile.TemporaryDirectory(prefix="evonets-latency-") as folder,
-            tqdm(total=total, desc="latency table", unit="entry", disable=not progress) as bar,
-        ):
+        with tqdm(
+            total=sum(len(probe.parts) for probe in probes), desc="latency table", unit="entry", disable=not progress
+        ) as bar:
             for probe in probes:
                 modules = probe.modules(space_config)
-                timed = _time_together(
-                    [(modules[part.key], part.input_shape) for part in probe.parts], settings, _export_part, folder
+                timed = _time_entries(
+                    [(modules[part.key], part.input_shape) for part in probe.parts], settings, _export_part
                 )
                 entries.update((part.key, entry) for part, entry in zip(probe.parts, timed))
                 bar.update(len(probe.parts))
@@ -710,8 +389,7 @@ class LatencyTable:
             )
             for arch in tqdm(archs, desc="latency calibration", unit="network", disable=not progress)
         ]
-        with tempfile.TemporaryDirectory(prefix="evonets-latency-") as folder:
-            timed = _time_together(networks, settings, _export_network, folder)
+        timed = _time_entries(networks, settings)
         return Calibration.fit(
             [
                 {
@@ -826,28 +504,35 @@ class LatencyTable:
         return None
 
 
-def _time_together(
-    modules: Sequence[tuple[nn.Module, tuple[int, ...]]],
-    settings: LatencySettings,
-    export: Callable[[nn.Module, torch.Tensor, str], None],
-    folder: str,
+def _time_entries(
+    modules: Sequence[tuple[nn.Module, tuple[int, ...]]], settings: LatencySettings, export: Exporter | None = None
 ) -> list[LatencyEntry]:
-    """Time (module, input shape) pairs together, in `TABLE_ROUNDS` interleaved rounds (`_time_interleaved`), so
-    that load from other processes hits them alike. With onnxruntime each is exported into `folder` first."""
-    with contextlib.ExitStack() as stack:
-        calls = [
-            stack.enter_context(
-                _runner(module, _random_input(shape), settings, export, os.path.join(folder, f"{index}.onnx"))
-            )
-            for index, (module, shape) in enumerate(modules)
-        ]
-        with _timing_conditions(settings.threads):
-            samples = _time_interleaved(calls, settings.warmup, settings.repeats, TABLE_ROUNDS, CLOCKS[settings.clock])
+    """Time (module, input shape) pairs together, in `TABLE_ROUNDS` interleaved rounds (`time_modules`), so that load
+    from other processes hits them alike: each one's median and inter-quartile range. With onnxruntime each is exported
+    by `export` (default: as a whole network)."""
     entries = []
-    for seconds in samples:
+    for seconds in time_modules(modules, settings, TABLE_ROUNDS, export):
         q1, median, q3 = np.percentile(seconds, [25, 50, 75]) * 1e3
         entries.append(LatencyEntry(float(median), float(q3 - q1)))
     return entries
+
+
+def _export_part(module: nn.Module, example: torch.Tensor, path: str) -> None:
+    """Export one table part (one tensor in, one out) the way `export_onnx` exports whole networks: the TorchScript
+    tracer, eval mode and the pure-PyTorch scan (`export_mode`), weights inside the file, fixed shapes."""
+    with export_mode(module), torch.no_grad(), warnings.catch_warnings():
+        # The tracer's deprecation notice, and Python-level shape checks that are constant for a fixed input shape.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        torch.onnx.export(
+            module,
+            (example,),
+            path,
+            input_names=["input"],
+            output_names=["output"],
+            do_constant_folding=True,
+            dynamo=False,
+        )
 
 
 # Error of the table -------------------------------------------------------------------------------------------------
@@ -907,36 +592,17 @@ def _canonical(space: SearchSpace, arch: dict | str) -> dict:
     return space.decode(arch) if isinstance(arch, str) else space.validate(arch)
 
 
-def _import_onnxruntime():
-    try:
-        import onnxruntime
-    except ImportError as error:
-        raise ImportError(f"latency.backend = 'onnxruntime' needs onnxruntime: {_INSTALL_HINT} ({error})") from error
-    return onnxruntime
-
-
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _fail(name: str, value: Any, expected: str) -> None:
-    raise ValueError(f"latency.{name} = {value!r} is invalid: expected {expected}.")
-
-
 __all__ = [
-    "BACKENDS",
+    "CALIBRATION_NETWORKS",
     "Calibration",
     "LatencyEntry",
-    "LatencyMeasurement",
-    "LatencySettings",
     "LatencyTable",
     "block_variants",
-    "cpu_model",
-    "device_fingerprint",
-    "fingerprint_key",
     "lut_error",
     "measure_architecture",
-    "measure_latency",
-    "scan_backend",
     "space_config_hash",
 ]

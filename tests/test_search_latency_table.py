@@ -1,31 +1,26 @@
-"""Latency measurement, device fingerprint and the per-block latency table (no timing thresholds: the machine is
-shared, so only orderings that hold by a wide margin are asserted)."""
+"""The per-block latency look-up table of a search space (`search.latency_table`): entries, prediction, calibration,
+files, and its error against measurement (no timing thresholds: the machine is shared, so only orderings that hold by a
+wide margin are asserted)."""
 
 import itertools
 import json
 import logging
-import platform
 import random
 import statistics
 
 import numpy as np
-import onnxruntime
 import pytest
 import torch
 
-from evonets import EvoNetForImageClassification, EvoNetSupernet, EvoNetSupernetConfig
-from search.latency import (
+from evonets import EvoNetSupernet, EvoNetSupernetConfig
+from evonets.deploy.fingerprint import device_fingerprint
+from evonets.deploy.latency import LatencySettings
+from search.latency_table import (
     Calibration,
-    LatencyMeasurement,
-    LatencySettings,
     LatencyTable,
-    _time_interleaved,
     block_variants,
-    device_fingerprint,
-    fingerprint_key,
     lut_error,
     measure_architecture,
-    measure_latency,
     space_config_hash,
 )
 
@@ -75,71 +70,7 @@ def small_table() -> LatencyTable:
     return LatencyTable.build(_small_space(), LatencySettings(**FAST), progress=False, calibration_networks=3)
 
 
-# Settings and fingerprint -------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "field, value, expected",
-    [
-        ("backend", "tensorrt", "one of ['torch', 'onnxruntime']"),
-        ("batch_size", 0, "an int >= 1"),
-        ("batch_size", True, "an int >= 1"),
-        ("warmup", -1, "an int >= 0"),
-        ("repeats", 0, "an int >= 1"),
-        ("repeats", 2.5, "an int >= 1"),
-        ("num_threads", 0, "None or an int >= 1"),
-        ("clock", "monotonic", "one of ['wall', 'cpu']"),
-        ("keep_freed_memory", "yes", "a bool"),
-    ],
-)
-def test_settings_validation_names_the_field(field, value, expected):
-    with pytest.raises(ValueError) as error:
-        LatencySettings(**{field: value}).validate()
-    assert f"latency.{field} = {value!r} is invalid" in str(error.value)
-    assert expected in str(error.value)
-
-
-def test_settings_threads_default_to_torch():
-    assert LatencySettings().threads == torch.get_num_threads() == 1
-    assert LatencySettings(num_threads=2).threads == 2
-
-
-def test_cpu_clock_needs_one_thread():
-    LatencySettings(clock="cpu").validate()  # torch's current setting: 1 thread
-    with pytest.raises(ValueError, match="latency.clock = 'cpu' is invalid: expected 'wall' with 2 threads"):
-        LatencySettings(clock="cpu", num_threads=2).validate()
-
-
-def test_fingerprint_fields_and_key():
-    torch_print = device_fingerprint(LatencySettings(num_threads=1))
-    for name in ("cpu", "logical_cores", "num_threads", "torch", "onnxruntime", "backend", "scan_backend"):
-        assert name in torch_print
-    for name in ("batch_size", "python", "os", "clock", "allocator"):
-        assert name in torch_print
-    assert torch_print["backend"] == "torch" and torch_print["onnxruntime"] is None
-    assert torch_print["num_threads"] == 1 and torch_print["torch"] == torch.__version__
-    assert torch_print["scan_backend"] in ("cpu_fused", "torch")
-    assert json.loads(json.dumps(torch_print)) == torch_print
-
-    ort_print = device_fingerprint(LatencySettings(backend="onnxruntime", num_threads=1, batch_size=4))
-    assert ort_print["onnxruntime"] == onnxruntime.__version__ and ort_print["scan_backend"] == "torch"
-    assert ort_print["batch_size"] == 4
-
-    key = fingerprint_key(torch_print)
-    assert len(key) == 12 and int(key, 16) >= 0
-    assert fingerprint_key(device_fingerprint(LatencySettings(num_threads=1))) == key
-    assert fingerprint_key(dict(reversed(list(torch_print.items())))) == key  # order-independent
-    assert fingerprint_key(device_fingerprint(LatencySettings(num_threads=2))) != key
-    assert fingerprint_key(ort_print) != key
-    assert fingerprint_key(device_fingerprint(LatencySettings(num_threads=1, clock="cpu"))) != key
-
-
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
-def test_fingerprint_records_the_allocator():
-    assert device_fingerprint(LatencySettings(num_threads=1))["allocator"] == "glibc, freed memory kept"
-    # Once kept, freed memory stays kept in this process: the fingerprint says so whatever the settings ask.
-    kept = device_fingerprint(LatencySettings(num_threads=1, keep_freed_memory=False))["allocator"]
-    assert kept == "glibc, freed memory kept"
+# Space identity and measurement ---------------------------------------------------------------------------------------
 
 
 def test_space_config_hash_follows_the_networks_not_the_bookkeeping():
@@ -148,47 +79,6 @@ def test_space_config_hash_follows_the_networks_not_the_bookkeeping():
     assert space_config_hash(EvoNetSupernetConfig.from_dict(space.to_dict())) == space_config_hash(space)
     assert space_config_hash(_small_space(d_state_choices=[2, 8])) != space_config_hash(space)
     assert space_config_hash(_small_space(num_labels=5)) != space_config_hash(space)
-
-
-# Measurement --------------------------------------------------------------------------------------------------------
-
-
-def test_time_interleaved_counts_and_spreads_the_runs():
-    counts = [0, 0, 0]
-    calls = [lambda index=index: counts.__setitem__(index, counts[index] + 1) for index in range(3)]
-    samples = _time_interleaved(calls, warmup=2, repeats=7, rounds=3)
-    assert [len(seconds) for seconds in samples] == [7, 7, 7]
-    assert counts == [2 + 7 + 3] * 3  # warm-up, timed runs, one re-warm per round
-    assert all(value >= 0 for seconds in samples for value in seconds)
-    single = [0]
-    (seconds,) = _time_interleaved([lambda: single.__setitem__(0, single[0] + 1)], warmup=3, repeats=4, rounds=1)
-    assert len(seconds) == 4 and single == [7]
-
-
-@pytest.mark.parametrize(
-    "backend, clock", [("torch", "wall"), ("onnxruntime", "wall"), ("torch", "cpu"), ("onnxruntime", "cpu")]
-)
-def test_measure_latency_quantiles(backend, clock):
-    space = _small_space()
-    arch = space.search_space.largest()
-    model = EvoNetForImageClassification(space.search_space.to_config(arch)).train()
-    settings = LatencySettings(backend=backend, batch_size=2, clock=clock, **FAST)
-    measured = measure_latency(model, arch["resolution"], settings)
-    assert isinstance(measured, LatencyMeasurement)
-    assert 0 < measured.q1_ms <= measured.median_ms <= measured.q3_ms
-    assert measured.iqr_ms == pytest.approx(measured.q3_ms - measured.q1_ms)
-    assert measured.repeats == 5
-    assert measured.fingerprint == device_fingerprint(settings)
-    assert model.training  # restored
-    assert LatencyMeasurement.from_dict(json.loads(json.dumps(measured.to_dict()))) == measured
-
-
-def test_measure_latency_rejects_bad_input():
-    model = EvoNetForImageClassification(_small_space().search_space.to_config(_small_space().search_space.smallest()))
-    with pytest.raises(ValueError, match="resolution = 0 is invalid"):
-        measure_latency(model, 0, LatencySettings(**FAST))
-    with pytest.raises(ValueError, match="latency.repeats"):
-        measure_latency(model, 8, LatencySettings(repeats=0))
 
 
 def test_measure_architecture_times_the_extracted_network():
@@ -293,7 +183,7 @@ def test_load_or_build_reuses_or_rebuilds(small_table, tmp_path, monkeypatch, ca
     same = LatencyTable.load_or_build(path, space, LatencySettings(**FAST), progress=False)
     assert builds == [] and same.entries == small_table.entries
 
-    caplog.set_level(logging.WARNING, logger="search.latency")
+    caplog.set_level(logging.WARNING, logger="search.latency_table")
     batch_two = LatencySettings(batch_size=2, **FAST)
     rebuilt = LatencyTable.load_or_build(path, space, batch_two, progress=False)
     assert len(builds) == 1 and rebuilt.fingerprint["batch_size"] == 2
