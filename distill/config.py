@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from evonets.data.config import DataConfig
+from evonets.engine.cli import check_field, field_error
 
 BLOCK_TYPE_POLICIES = ("random", "first", "ss2d", "ssd", "attention", "conv")
 ELASTIC_GENES = ("resolution", "depth", "width", "block_type", "mlp_ratio", "d_state", "ssm_ratio", "num_heads")
@@ -282,24 +283,28 @@ class DistillConfig:
         """Raise `ValueError` naming the first invalid field; return self."""
         data, loss, sampling, trainer = self.data, self.loss, self.sampling, self.trainer
         if data.source in ("imagefolder", "load_from_disk", "hub") and not data.path:
-            _fail("data.path", data.path, f"a folder or dataset id (data.source = {data.source!r})")
+            raise field_error("data.path", data.path, f"a folder or dataset id (data.source = {data.source!r})")
         for name in ("train_split", "validation_split"):
-            _check(
+            check_field(
                 getattr(data, name) != "test",
                 f"data.{name}",
                 getattr(data, name),
                 "not 'test' (the test split is for the final report only; training and search never read it)",
             )
-        _check(0.0 < data.validation_fraction < 1.0, "data.validation_fraction", data.validation_fraction, "in (0, 1)")
-        _check(data.image_size is None or data.image_size >= 1, "data.image_size", data.image_size, "a positive int")
-        _check(
+        check_field(
+            0.0 < data.validation_fraction < 1.0, "data.validation_fraction", data.validation_fraction, "in (0, 1)"
+        )
+        check_field(
+            data.image_size is None or data.image_size >= 1, "data.image_size", data.image_size, "a positive int"
+        )
+        check_field(
             len(data.image_mean) == len(data.image_std),
             "data.image_std",
             data.image_std,
             "as many entries as image_mean",
         )
-        _check(all(s > 0 for s in data.image_std), "data.image_std", data.image_std, "positive numbers")
-        _check(data.check_samples >= 0, "data.check_samples", data.check_samples, ">= 0")
+        check_field(all(s > 0 for s in data.image_std), "data.image_std", data.image_std, "positive numbers")
+        check_field(data.check_samples >= 0, "data.check_samples", data.check_samples, ">= 0")
         for name in (
             "ce_weight",
             "kd_weight",
@@ -311,19 +316,19 @@ class DistillConfig:
             "high_band_weight",
             "label_smoothing",
         ):
-            _check(getattr(loss, name) >= 0, f"loss.{name}", getattr(loss, name), ">= 0")
+            check_field(getattr(loss, name) >= 0, f"loss.{name}", getattr(loss, name), ">= 0")
         for name in ("kd_temperature", "inplace_kd_temperature"):
-            _check(getattr(loss, name) > 0, f"loss.{name}", getattr(loss, name), "> 0")
-        _check(0.0 < loss.frequency_cutoff <= 1.5, "loss.frequency_cutoff", loss.frequency_cutoff, "in (0, 1.5]")
+            check_field(getattr(loss, name) > 0, f"loss.{name}", getattr(loss, name), "> 0")
+        check_field(0.0 < loss.frequency_cutoff <= 1.5, "loss.frequency_cutoff", loss.frequency_cutoff, "in (0, 1.5]")
         if self.teacher.path is not None and self.uses_features:
-            _check(
+            check_field(
                 len(loss.student_stages) == len(self.teacher.stages),
                 "loss.student_stages",
                 loss.student_stages,
                 f"one stage per teacher stage (teacher.stages = {self.teacher.stages})",
             )
-        _check(sampling.num_random >= 0, "sampling.num_random", sampling.num_random, ">= 0")
-        _check(
+        check_field(sampling.num_random >= 0, "sampling.num_random", sampling.num_random, ">= 0")
+        check_field(
             sampling.block_types in BLOCK_TYPE_POLICIES,
             "sampling.block_types",
             sampling.block_types,
@@ -332,23 +337,29 @@ class DistillConfig:
         previous = 0.0
         for index, phase in enumerate(sampling.shrink_schedule):
             where = f"sampling.shrink_schedule[{index}]"
-            _check(previous < phase.until <= 1.0, f"{where}.until", phase.until, f"in ({previous}, 1] and increasing")
+            check_field(
+                previous < phase.until <= 1.0, f"{where}.until", phase.until, f"in ({previous}, 1] and increasing"
+            )
             previous = phase.until
             for gene in phase.elastic:
-                _check(gene in ELASTIC_GENES, f"{where}.elastic", phase.elastic, f"genes among {list(ELASTIC_GENES)}")
+                check_field(
+                    gene in ELASTIC_GENES, f"{where}.elastic", phase.elastic, f"genes among {list(ELASTIC_GENES)}"
+                )
         if sampling.shrink_schedule:
-            _check(previous == 1.0, "sampling.shrink_schedule[-1].until", previous, "1.0 (the last phase ends the run)")
+            check_field(
+                previous == 1.0, "sampling.shrink_schedule[-1].until", previous, "1.0 (the last phase ends the run)"
+            )
         for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "log_every"):
-            _check(getattr(trainer, name) >= 1, f"trainer.{name}", getattr(trainer, name), ">= 1")
+            check_field(getattr(trainer, name) >= 1, f"trainer.{name}", getattr(trainer, name), ">= 1")
         for name in ("warmup_steps", "eval_every", "save_every", "max_grad_norm", "weight_decay"):
-            _check(getattr(trainer, name) >= 0, f"trainer.{name}", getattr(trainer, name), ">= 0")
-        _check(trainer.lr > 0, "trainer.lr", trainer.lr, "> 0")
-        _check(
+            check_field(getattr(trainer, name) >= 0, f"trainer.{name}", getattr(trainer, name), ">= 0")
+        check_field(trainer.lr > 0, "trainer.lr", trainer.lr, "> 0")
+        check_field(
             trainer.num_threads is None or trainer.num_threads >= 1, "trainer.num_threads", trainer.num_threads, ">= 1"
         )
-        _check(trainer.total_limit >= 1, "trainer.total_limit", trainer.total_limit, ">= 1")
+        check_field(trainer.total_limit >= 1, "trainer.total_limit", trainer.total_limit, ">= 1")
         tt = self.teacher.train
-        _check(
+        check_field(
             len(tt.hidden_sizes) >= 1 and len(tt.depths) == len(tt.hidden_sizes),
             "teacher.train.depths",
             tt.depths,
@@ -377,15 +388,6 @@ def parse_config(
     from evonets.engine.cli import parse_config as parse
 
     return parse(DistillConfig, argv, prog, description or DistillConfig.__doc__, section=SECTION)
-
-
-def _check(condition: bool, name: str, value: Any, expected: str) -> None:
-    if not condition:
-        _fail(name, value, expected)
-
-
-def _fail(name: str, value: Any, expected: str) -> None:
-    raise ValueError(f"Config field {name} = {value!r} is invalid: expected {expected}.")
 
 
 __all__ = [

@@ -14,6 +14,7 @@ from typing import Literal
 from distill import DistillConfig
 from evonets.data.config import DataConfig
 from evonets.deploy.latency import LatencySettings
+from evonets.engine.cli import check_field
 from search.run_folder import OBJECTIVES, Constraint
 
 
@@ -141,9 +142,13 @@ class SearchConfig:
             )
         evolution = self.search
         for objective in evolution.objectives:
-            _check(objective in OBJECTIVES, "search.objectives", evolution.objectives, f"entries of {list(OBJECTIVES)}")
-        _check("error" in evolution.objectives, "search.objectives", evolution.objectives, "a list including 'error'")
-        _check(
+            check_field(
+                objective in OBJECTIVES, "search.objectives", evolution.objectives, f"entries of {list(OBJECTIVES)}"
+            )
+        check_field(
+            "error" in evolution.objectives, "search.objectives", evolution.objectives, "a list including 'error'"
+        )
+        check_field(
             len(set(evolution.objectives)) == len(evolution.objectives),
             "search.objectives",
             evolution.objectives,
@@ -151,19 +156,21 @@ class SearchConfig:
         )
         for text in evolution.constraints:
             Constraint.parse(text)
-        _check(evolution.budget >= 1, "search.budget", evolution.budget, "an integer >= 1")
-        _check(evolution.save_every >= 1, "search.save_every", evolution.save_every, "an integer >= 1")
+        check_field(evolution.budget >= 1, "search.budget", evolution.budget, "an integer >= 1")
+        check_field(evolution.save_every >= 1, "search.save_every", evolution.save_every, "an integer >= 1")
         if evolution.reference_point is not None:
             missing = sorted(set(evolution.objectives) - set(evolution.reference_point))
-            _check(not missing, "search.reference_point", evolution.reference_point, f"a value for each of {missing}")
+            check_field(
+                not missing, "search.reference_point", evolution.reference_point, f"a value for each of {missing}"
+            )
         from search.evolution import optimizer_class
 
         optimizer_class(evolution.optimizer)  # raises ValueError for an unknown name
-        _check(self.fitness.batch_size >= 1, "fitness.batch_size", self.fitness.batch_size, "an integer >= 1")
-        _check(self.fitness.num_threads >= 1, "fitness.num_threads", self.fitness.num_threads, "an integer >= 1")
+        check_field(self.fitness.batch_size >= 1, "fitness.batch_size", self.fitness.batch_size, "an integer >= 1")
+        check_field(self.fitness.num_threads >= 1, "fitness.num_threads", self.fitness.num_threads, "an integer >= 1")
         self.latency.validate()
-        _check(self.pool.workers >= 1, "pool.workers", self.pool.workers, "an integer >= 1")
-        _check(self.pool.max_retries >= 0, "pool.max_retries", self.pool.max_retries, "an integer >= 0")
+        check_field(self.pool.workers >= 1, "pool.workers", self.pool.workers, "an integer >= 1")
+        check_field(self.pool.max_retries >= 0, "pool.max_retries", self.pool.max_retries, "an integer >= 0")
         return self
 
     @property
@@ -178,11 +185,6 @@ class SearchConfig:
         if self.distill is not None:
             return self.distill.data
         return DataConfig()
-
-
-def _check(condition: bool, name: str, value, expected: str) -> None:
-    if not condition:
-        raise ValueError(f"Config field {name} = {value!r} is invalid: expected {expected}.")
 
 
 __all__ = [

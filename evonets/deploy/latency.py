@@ -40,6 +40,7 @@ from torch import nn
 from evonets.deploy.allocator import keep_freed_memory
 from evonets.deploy.fingerprint import device_fingerprint
 from evonets.deploy.onnx_export import OnnxRuntimeModel, export_onnx
+from evonets.engine.cli import field_error
 from evonets.models.selective_scan import resolve_backend
 
 BACKENDS = ("torch", "onnxruntime")
@@ -87,19 +88,23 @@ class LatencySettings:
     def validate(self) -> LatencySettings:
         """Raise `ValueError` naming the first invalid field; return self."""
         if self.backend not in BACKENDS:
-            _fail("backend", self.backend, f"one of {list(BACKENDS)}")
+            raise field_error("latency.backend", self.backend, f"one of {list(BACKENDS)}")
         for name, minimum in (("batch_size", 1), ("warmup", 0), ("repeats", 1)):
             value = getattr(self, name)
             if not _is_int(value) or value < minimum:
-                _fail(name, value, f"an int >= {minimum}")
+                raise field_error(f"latency.{name}", value, f"an int >= {minimum}")
         if self.num_threads is not None and (not _is_int(self.num_threads) or self.num_threads < 1):
-            _fail("num_threads", self.num_threads, "None or an int >= 1")
+            raise field_error("latency.num_threads", self.num_threads, "None or an int >= 1")
         if self.clock not in CLOCKS:
-            _fail("clock", self.clock, f"one of {list(CLOCKS)}")
+            raise field_error("latency.clock", self.clock, f"one of {list(CLOCKS)}")
         if self.clock == "cpu" and self.threads != 1:
-            _fail("clock", self.clock, f"'wall' with {self.threads} threads ('cpu' times one thread: num_threads = 1)")
+            raise field_error(
+                "latency.clock",
+                self.clock,
+                f"'wall' with {self.threads} threads ('cpu' times one thread: num_threads = 1)",
+            )
         if not isinstance(self.keep_freed_memory, bool):
-            _fail("keep_freed_memory", self.keep_freed_memory, "a bool")
+            raise field_error("latency.keep_freed_memory", self.keep_freed_memory, "a bool")
         return self
 
     @property
@@ -288,10 +293,6 @@ def _time_interleaved(
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _fail(name: str, value: Any, expected: str) -> None:
-    raise ValueError(f"latency.{name} = {value!r} is invalid: expected {expected}.")
 
 
 __all__ = [

@@ -71,4 +71,15 @@ def parse_config(config_class: type, argv: list[str] | None, prog: str, descript
         parser.error(str(error))
 
 
-__all__ = ["build_parser", "parse_config", "section_argv"]
+def field_error(name: str, value, expected: str) -> ValueError:
+    """The one wording of a bad config value, naming the field, the value and what is allowed."""
+    return ValueError(f"Config field {name} = {value!r} is invalid: expected {expected}.")
+
+
+def check_field(condition: bool, name: str, value, expected: str) -> None:
+    """Raise `field_error(name, value, expected)` unless `condition`."""
+    if not condition:
+        raise field_error(name, value, expected)
+
+
+__all__ = ["build_parser", "check_field", "field_error", "parse_config", "section_argv"]
