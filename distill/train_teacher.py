@@ -75,7 +75,7 @@ def train_teacher(config: DistillConfig, output_dir: str | Path | None = None, l
 def _train_teacher(config: DistillConfig, output_dir: Path, log) -> dict:
     from transformers import get_cosine_schedule_with_warmup
 
-    from evonets.data.classification import EpochShuffleSampler, collate, load_data
+    from evonets.data.classification import collate, load_data, training_loader
 
     train_config = config.teacher.train
     space_config = build_space_config(config.supernet, num_labels=2)
@@ -84,13 +84,7 @@ def _train_teacher(config: DistillConfig, output_dir: Path, log) -> dict:
 
     torch.manual_seed(train_config.seed)
     model = build_teacher_model(train_config, data.num_labels, data.id2label, image_size, space_config.num_channels)
-    loader = torch.utils.data.DataLoader(
-        data.train,
-        batch_size=train_config.batch_size,
-        sampler=EpochShuffleSampler(len(data.train), train_config.seed),
-        collate_fn=collate,
-        drop_last=True,
-    )
+    loader = training_loader(data.train, train_config.batch_size, train_config.seed)
     val_loader = torch.utils.data.DataLoader(data.validation, batch_size=256, collate_fn=collate)
     # Decay on every tensor of two or more dimensions, ConvNeXtV2's (1, 1, 1, C) GRN bias included.
     optimizer = torch.optim.AdamW(

@@ -44,7 +44,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from evonets.data.classification import EpochShuffleSampler, collate, load_data
+from evonets.data.classification import collate, load_data, training_loader
 from evonets.engine.archive import JsonlArchive
 from evonets.engine.checkpoints import resolve_resume, restore_checkpoint, save_checkpoint
 from evonets.engine.evaluation import eval_mode, evaluate
@@ -236,14 +236,7 @@ class DistillRun:
         settings, data, workers = self.settings, self.data, self.config.data.num_workers
         optimizer = torch.optim.AdamW(parameter_groups(model, settings.weight_decay), lr=settings.lr)
         scheduler = get_cosine_schedule_with_warmup(optimizer, settings.warmup_steps, settings.max_steps)
-        train_loader = torch.utils.data.DataLoader(
-            data.train,
-            batch_size=settings.batch_size,
-            sampler=EpochShuffleSampler(len(data.train), settings.seed),
-            collate_fn=collate,
-            drop_last=True,
-            num_workers=workers,
-        )
+        train_loader = training_loader(data.train, settings.batch_size, settings.seed, num_workers=workers)
         val_loader = torch.utils.data.DataLoader(
             data.validation, batch_size=max(settings.batch_size, 128), collate_fn=collate, num_workers=workers
         )

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import torch
 
-from evonets.data.classification import DistillData, load_data
+from evonets.data.classification import ClassificationData, load_data
 from evonets.data.config import DataConfig
 from evonets.engine.identity import digest
 from search.ranking import (
@@ -207,7 +207,7 @@ def cache_path(config: RankCheckConfig, data_config: DataConfig, space_config) -
 
 
 @functools.lru_cache(maxsize=1)
-def _worker_data(data_config_json: str, image_size: int, num_channels: int) -> DistillData:
+def _worker_data(data_config_json: str, image_size: int, num_channels: int) -> ClassificationData:
     """The data of a stand-alone worker process, loaded on its first training and kept for the next ones."""
     return load_data(DataConfig(**json.loads(data_config_json)), image_size, num_channels)
 
@@ -391,9 +391,21 @@ def _number(value: float | None) -> str:
 
 def render_markdown(report: dict) -> str:
     """The correlation table, the size baselines and the per-architecture table, as markdown."""
-    recipe, k = report["standalone_recipe"], report["top_k"]
-    data = report["data"]
-    lines = [
+    lines = _summary_lines(report) + _correlation_lines(report) + _size_baseline_lines(report)
+    if report.get("kendall_tau_by_resolution"):
+        lines += _resolution_lines(report["kendall_tau_by_resolution"])
+    if report.get("accuracy_gap_by_block_type"):
+        lines += _block_type_gap_lines(report["accuracy_gap_by_block_type"])
+    if "seconds" in report:
+        lines += _time_lines(report["seconds"])
+    lines += _architecture_lines(report["architectures"])
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _summary_lines(report: dict) -> list[str]:
+    recipe, data = report["standalone_recipe"], report["data"]
+    return [
         "# Rank check",
         "",
         (
@@ -404,8 +416,13 @@ def render_markdown(report: dict) -> str:
             f"{data['source']}, {data['train_examples']} train / {data['validation_examples']} validation images "
             "(validation split only; the test split is not read)."
         ),
+    ]
+
+
+def _correlation_lines(report: dict) -> list[str]:
+    lines = [
         "",
-        f"| ranking by | Kendall tau | Spearman rho | top-{k} overlap | seed ceiling (tau) |",
+        f"| ranking by | Kendall tau | Spearman rho | top-{report['top_k']} overlap | seed ceiling (tau) |",
         "| --- | ---: | ---: | ---: | ---: |",
     ]
     for ranking, values in report["correlations"].items():
@@ -413,7 +430,11 @@ def render_markdown(report: dict) -> str:
             f"| {ranking} | {values['kendall_tau']:.2f} | {values['spearman_rho']:.2f} | "
             f"{values['top_k_overlap']:.2f} | {_number(values['seed_ceiling'])} |"
         )
-    lines += [
+    return lines
+
+
+def _size_baseline_lines(report: dict) -> list[str]:
+    lines = [
         "",
         "Size-only baselines (Kendall tau of the count against the stand-alone ranking):",
         "",
@@ -422,45 +443,57 @@ def render_markdown(report: dict) -> str:
     ]
     for ranking, values in report["size_baselines"].items():
         lines.append(f"| {ranking} | {values['params']['kendall_tau']:.2f} | {values['macs']['kendall_tau']:.2f} |")
-    if report.get("kendall_tau_by_resolution"):
-        lines += [
-            "",
-            "Kendall tau within one input resolution (groups of at least 3 architectures):",
-            "",
-            "| resolution | architectures | " + " | ".join(RANKINGS) + " |",
-            "| ---: | ---: | " + " | ".join("---:" for _ in RANKINGS) + " |",
-        ]
-        for resolution, values in report["kendall_tau_by_resolution"].items():
-            taus = " | ".join(f"{values[ranking]:.2f}" for ranking in RANKINGS)
-            lines.append(f"| {resolution} | {values['n']} | {taus} |")
-    if report.get("accuracy_gap_by_block_type"):
-        lines += [
-            "",
-            "Supernet minus stand-alone validation accuracy, mean over the architectures that use each block type:",
-            "",
-            "| block type | architectures | mean accuracy gap |",
-            "| --- | ---: | ---: |",
-        ]
-        for block_type, values in report["accuracy_gap_by_block_type"].items():
-            lines.append(f"| {block_type} | {values['n']} | {values['mean_accuracy_gap']:+.3f} |")
-    if "seconds" in report:
-        seconds = report["seconds"]
-        lines += [
-            "",
-            (
-                f"Time: supernet fitness {seconds['supernet']:.0f} s; stand-alone trainings {seconds['standalone']:.0f} s "
-                f"wall clock, {seconds['standalone_cpu']:.0f} s CPU (cached results cost nothing)."
-            ),
-        ]
-    lines += [
+    return lines
+
+
+def _resolution_lines(by_resolution: dict) -> list[str]:
+    lines = [
+        "",
+        "Kendall tau within one input resolution (groups of at least 3 architectures):",
+        "",
+        "| resolution | architectures | " + " | ".join(RANKINGS) + " |",
+        "| ---: | ---: | " + " | ".join("---:" for _ in RANKINGS) + " |",
+    ]
+    for resolution, values in by_resolution.items():
+        taus = " | ".join(f"{values[ranking]:.2f}" for ranking in RANKINGS)
+        lines.append(f"| {resolution} | {values['n']} | {taus} |")
+    return lines
+
+
+def _block_type_gap_lines(gap_by_block_type: dict) -> list[str]:
+    lines = [
+        "",
+        "Supernet minus stand-alone validation accuracy, mean over the architectures that use each block type:",
+        "",
+        "| block type | architectures | mean accuracy gap |",
+        "| --- | ---: | ---: |",
+    ]
+    for block_type, values in gap_by_block_type.items():
+        lines.append(f"| {block_type} | {values['n']} | {values['mean_accuracy_gap']:+.3f} |")
+    return lines
+
+
+def _time_lines(seconds: dict) -> list[str]:
+    return [
+        "",
+        (
+            f"Time: supernet fitness {seconds['supernet']:.0f} s; stand-alone trainings {seconds['standalone']:.0f} s "
+            f"wall clock, {seconds['standalone_cpu']:.0f} s CPU (cached results cost nothing)."
+        ),
+    ]
+
+
+def _architecture_lines(architectures: list[dict]) -> list[str]:
+    """One row per architecture, best supernet fitness first."""
+    lines = [
         "",
         "| # | architecture | params | MACs | supernet acc. | supernet loss | stand-alone acc. | stand-alone loss |",
         "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    fitness = ranking_scores([entry["supernet"] for entry in report["architectures"]], "fitness")
+    fitness = ranking_scores([entry["supernet"] for entry in architectures], "fitness")
     order = sorted(range(len(fitness)), key=lambda index: -fitness[index])
     for position, index in enumerate(order, start=1):
-        entry = report["architectures"][index]
+        entry = architectures[index]
         per_seed = [r["accuracy"] for r in entry["standalone"]["per_seed"]]
         spread = f" ± {statistics.stdev(per_seed):.3f}" if len(per_seed) > 1 else ""
         lines.append(
@@ -468,8 +501,7 @@ def render_markdown(report: dict) -> str:
             f"{entry['supernet']['accuracy']:.3f} | {entry['supernet']['loss']:.3f} | "
             f"{entry['standalone']['accuracy']:.3f}{spread} | {entry['standalone']['loss']:.3f} |"
         )
-    lines.append("")
-    return "\n".join(lines)
+    return lines
 
 
 def plot_scatter(report: dict, path: Path) -> None:

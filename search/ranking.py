@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from evonets.data.classification import DistillData, EpochShuffleSampler, collate, resize_batch
+from evonets.data.classification import ClassificationData, collate, resize_batch, training_loader
 from evonets.engine.evaluation import evaluate, tensor_batches
 from evonets.engine.identity import digest
 from evonets.engine.training import TrainingLoop, parameter_groups
@@ -77,12 +77,12 @@ def sample_architectures(space, count: int, seed: int = 0) -> list[dict]:
     return archs
 
 
-def validation_tensors(data: DistillData) -> tuple[torch.Tensor, torch.Tensor]:
+def validation_tensors(data: ClassificationData) -> tuple[torch.Tensor, torch.Tensor]:
     batch = collate([data.validation[i] for i in range(len(data.validation))])
     return batch["pixel_values"], batch["labels"]
 
 
-def supernet_scores(supernet, data: DistillData, archs: list[dict]) -> list[dict[str, float]]:
+def supernet_scores(supernet, data: ClassificationData, archs: list[dict]) -> list[dict[str, float]]:
     """Validation accuracy and loss of each architecture with the supernet's inherited weights."""
     supernet.eval()
     pixel_values, labels = validation_tensors(data)
@@ -94,7 +94,7 @@ def supernet_scores(supernet, data: DistillData, archs: list[dict]) -> list[dict
     ]
 
 
-def train_standalone(space, arch: dict, data: DistillData, recipe: StandaloneRecipe) -> dict[str, float]:
+def train_standalone(space, arch: dict, data: ClassificationData, recipe: StandaloneRecipe) -> dict[str, float]:
     """Train `arch` from scratch with `recipe` on the train split; its validation accuracy and loss."""
     from transformers import get_cosine_schedule_with_warmup
 
@@ -104,10 +104,7 @@ def train_standalone(space, arch: dict, data: DistillData, recipe: StandaloneRec
     model = EvoNetForImageClassification(space.to_config(arch)).train()
     optimizer = torch.optim.AdamW(parameter_groups(model, recipe.weight_decay), lr=recipe.lr)
     scheduler = get_cosine_schedule_with_warmup(optimizer, recipe.warmup_steps, recipe.steps)
-    sampler = EpochShuffleSampler(len(data.train), recipe.seed)
-    loader = torch.utils.data.DataLoader(
-        data.train, batch_size=recipe.batch_size, sampler=sampler, collate_fn=collate, drop_last=True
-    )
+    loader = training_loader(data.train, recipe.batch_size, recipe.seed)
 
     def step(batch: dict) -> dict[str, float]:
         logits = model(resize_batch(batch["pixel_values"], arch["resolution"])).logits
@@ -123,7 +120,7 @@ def train_standalone(space, arch: dict, data: DistillData, recipe: StandaloneRec
 def standalone_scores(
     space,
     archs: list[dict],
-    data: DistillData,
+    data: ClassificationData,
     recipe: StandaloneRecipe,
     seeds: tuple[int, ...] = (0,),
     cache_path: str | Path | None = None,

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -30,17 +30,20 @@ import torch
 from evonets.data.config import DataConfig
 from evonets.models.image_processing_evonet import EvoNetImageProcessor
 
+if TYPE_CHECKING:
+    import datasets
+
 # PIL modes with an unambiguous 8-bit conversion to "L" / "RGB". High-bit-depth and float modes ("I", "F", "I;16")
 # have no agreed scale to [0, 255]: we refuse them rather than guess.
 CONVERTIBLE_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV")
 
 
 @dataclass
-class DistillData:
+class ClassificationData:
     """The checked splits with their transform, the label names and the processor."""
 
-    train: Any  # datasets.Dataset yielding {"pixel_values": (C, S, S) float, "labels": int}
-    validation: Any
+    train: datasets.Dataset  # items {"pixel_values": (C, S, S) float, "labels": int}
+    validation: datasets.Dataset
     label_names: list[str]
     processor: EvoNetImageProcessor
     image_size: int
@@ -54,7 +57,7 @@ class DistillData:
         return dict(enumerate(self.label_names))
 
 
-def load_data(config: DataConfig, image_size: int, num_channels: int = 3) -> DistillData:
+def load_data(config: DataConfig, image_size: int, num_channels: int = 3) -> ClassificationData:
     """Load, split, check and wrap the data (see the module docstring)."""
     if num_channels not in (1, 3):
         raise ValueError(
@@ -76,7 +79,7 @@ def load_data(config: DataConfig, image_size: int, num_channels: int = 3) -> Dis
         do_convert_rgb=num_channels == 3,
     )
     transform = make_transform(processor, config, num_channels)
-    return DistillData(
+    return ClassificationData(
         train=train.with_transform(transform),
         validation=validation.with_transform(transform),
         label_names=label_names,
@@ -337,6 +340,19 @@ class EpochShuffleSampler(torch.utils.data.Sampler[int]):
         return self.num_samples
 
 
+def training_loader(dataset, batch_size: int, seed: int, num_workers: int = 0) -> torch.utils.data.DataLoader:
+    """The loader every classification training uses: full batches in an order that is a pure function of (seed,
+    epoch) (`EpochShuffleSampler`; call `loader.sampler.set_epoch`), so a run and its resume see the same batches."""
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=EpochShuffleSampler(len(dataset), seed),
+        collate_fn=collate,
+        drop_last=True,
+        num_workers=num_workers,
+    )
+
+
 def resize_batch(pixel_values: torch.Tensor, size: int) -> torch.Tensor:
     """Bilinear (antialiased when shrinking) resize of a (B, C, H, W) batch to size x size; a no-op at that size."""
     if pixel_values.shape[-1] == size and pixel_values.shape[-2] == size:
@@ -349,7 +365,7 @@ def resize_batch(pixel_values: torch.Tensor, size: int) -> torch.Tensor:
 
 __all__ = [
     "CONVERTIBLE_MODES",
-    "DistillData",
+    "ClassificationData",
     "EpochShuffleSampler",
     "check_images",
     "check_labels",
@@ -360,4 +376,5 @@ __all__ = [
     "make_transform",
     "resize_batch",
     "to_pil",
+    "training_loader",
 ]

@@ -117,72 +117,14 @@ def load_llff_scene(
             the stored size. Keep the aspect ratio: fern's 504 x 378 is 4:3, e.g. (128, 96) or (64, 48).
         holdout_every: every `holdout_every`-th view (0, k, 2k, ...) is held out for testing.
     """
-    from PIL import Image
-
     folder = Path(folder)
-    poses_file = folder / "poses_bounds.npy"
-    if not poses_file.is_file():
-        raise FileNotFoundError(f"{poses_file} does not exist: an LLFF scene folder holds poses_bounds.npy.")
-    image_dir = folder / images_folder
-    if not image_dir.is_dir():
-        raise FileNotFoundError(f"image folder {image_dir} does not exist (images_folder = {images_folder!r}).")
-    if not (isinstance(holdout_every, int) and holdout_every >= 2):
-        raise ValueError(f"holdout_every = {holdout_every!r} is invalid: expected an int >= 2.")
-
-    poses_bounds = np.load(poses_file, allow_pickle=False)
-    if poses_bounds.ndim != 2 or poses_bounds.shape[1] != 17 or not np.issubdtype(poses_bounds.dtype, np.floating):
-        raise ValueError(
-            f"{poses_file} holds a {poses_bounds.dtype} array of shape {poses_bounds.shape}: expected a float array "
-            "of shape (N, 17), per view a row-major 3x5 pose-hwf matrix and the near / far bounds."
-        )
-    if not np.isfinite(poses_bounds).all():
-        raise ValueError(f"{poses_file} holds non-finite values (NaN or inf).")
-    names = sorted(path.name for path in image_dir.iterdir() if path.suffix.lower() in IMAGE_SUFFIXES)
-    if len(names) != len(poses_bounds):
-        raise ValueError(
-            f"{poses_file} has {len(poses_bounds)} views but {image_dir} has {len(names)} images "
-            f"({', '.join(IMAGE_SUFFIXES)}): expected one image per row."
-        )
-    if len(names) <= holdout_every:
-        raise ValueError(
-            f"the scene has {len(names)} views; holdout_every = {holdout_every} leaves too few: expected more views "
-            "than holdout_every."
-        )
-
-    pose_hwf = poses_bounds[:, :15].reshape(-1, 3, 5)
-    full_height, full_width, full_focal = pose_hwf[0, :, 4]
-    bounds = poses_bounds[:, 15:17].astype(np.float64)
-    if not ((bounds[:, 0] > 0).all() and (bounds[:, 1] > bounds[:, 0]).all()):
-        raise ValueError(f"{poses_file} bounds are invalid: expected 0 < near < far for every view.")
-    poses = llff_to_opencv_poses(pose_hwf[:, :, :4])
-    if (
-        not np.allclose(poses[:, :3, :3] @ poses[:, :3, :3].transpose(0, 2, 1), np.eye(3), atol=1e-3)
-        or not (np.linalg.det(poses[:, :3, :3]) > 0).all()
-    ):
-        raise ValueError(f"{poses_file} holds camera rotations that are not orthonormal right-handed matrices.")
-
-    images = []
-    for name in names:
-        with Image.open(image_dir / name) as image:
-            image = image.convert("RGB")
-            if image_size is not None and image.size != tuple(image_size):
-                image = image.resize(tuple(image_size), Image.Resampling.LANCZOS)
-            images.append(np.asarray(image, dtype=np.float32) / 255.0)
-    if len({image.shape for image in images}) != 1:
-        raise ValueError(f"the images in {image_dir} have different sizes: expected one size for the whole scene.")
-    images = np.stack(images)
-    height, width = images.shape[1:3]
-    if abs(width / height - full_width / full_height) > 0.02 * full_width / full_height:
-        raise ValueError(
-            f"images of {width}x{height} do not have the aspect ratio of the poses' {full_width:.0f}x"
-            f"{full_height:.0f} (hwf column of poses_bounds.npy): keep the aspect ratio when resizing."
-        )
-    intrinsics = np.zeros((len(images), 3, 3), dtype=np.float64)
-    intrinsics[:, 0, 0] = full_focal * width / full_width
-    intrinsics[:, 1, 1] = full_focal * height / full_height
-    intrinsics[:, 0, 2] = width / 2.0
-    intrinsics[:, 1, 2] = height / 2.0
-    intrinsics[:, 2, 2] = 1.0
+    poses_file, image_dir = folder / "poses_bounds.npy", folder / images_folder
+    _check_scene_layout(poses_file, image_dir, images_folder, holdout_every)
+    poses_bounds = _read_poses_bounds(poses_file)
+    names = _image_names(image_dir, poses_file, len(poses_bounds), holdout_every)
+    poses, bounds, hwf = _llff_cameras(poses_bounds, poses_file)
+    images = _read_images(image_dir, names, image_size)
+    intrinsics = _intrinsics(len(images), *images.shape[1:3], hwf)
 
     scale = 1.0 / bounds[:, 0].min()
     poses[:, :3, 3] *= scale
@@ -194,6 +136,93 @@ def load_llff_scene(
         image_names=names,
         holdout_every=holdout_every,
     )
+
+
+def _check_scene_layout(poses_file: Path, image_dir: Path, images_folder: str, holdout_every: int) -> None:
+    """The scene's pose file and image folder exist, and `holdout_every` is an int >= 2."""
+    if not poses_file.is_file():
+        raise FileNotFoundError(f"{poses_file} does not exist: an LLFF scene folder holds poses_bounds.npy.")
+    if not image_dir.is_dir():
+        raise FileNotFoundError(f"image folder {image_dir} does not exist (images_folder = {images_folder!r}).")
+    if not (isinstance(holdout_every, int) and holdout_every >= 2):
+        raise ValueError(f"holdout_every = {holdout_every!r} is invalid: expected an int >= 2.")
+
+
+def _read_poses_bounds(poses_file: Path) -> np.ndarray:
+    """The (N, 17) float array of `poses_bounds.npy`, checked for shape and finite values."""
+    poses_bounds = np.load(poses_file, allow_pickle=False)
+    if poses_bounds.ndim != 2 or poses_bounds.shape[1] != 17 or not np.issubdtype(poses_bounds.dtype, np.floating):
+        raise ValueError(
+            f"{poses_file} holds a {poses_bounds.dtype} array of shape {poses_bounds.shape}: expected a float array "
+            "of shape (N, 17), per view a row-major 3x5 pose-hwf matrix and the near / far bounds."
+        )
+    if not np.isfinite(poses_bounds).all():
+        raise ValueError(f"{poses_file} holds non-finite values (NaN or inf).")
+    return poses_bounds
+
+
+def _image_names(image_dir: Path, poses_file: Path, num_views: int, holdout_every: int) -> list[str]:
+    """The sorted image file names, one per view, and more views than `holdout_every`."""
+    names = sorted(path.name for path in image_dir.iterdir() if path.suffix.lower() in IMAGE_SUFFIXES)
+    if len(names) != num_views:
+        raise ValueError(
+            f"{poses_file} has {num_views} views but {image_dir} has {len(names)} images "
+            f"({', '.join(IMAGE_SUFFIXES)}): expected one image per row."
+        )
+    if len(names) <= holdout_every:
+        raise ValueError(
+            f"the scene has {len(names)} views; holdout_every = {holdout_every} leaves too few: expected more views "
+            "than holdout_every."
+        )
+    return names
+
+
+def _llff_cameras(poses_bounds: np.ndarray, poses_file: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """OpenCV camera-to-world poses (N, 4, 4), near / far bounds (N, 2) and the stored (height, width, focal)."""
+    pose_hwf = poses_bounds[:, :15].reshape(-1, 3, 5)
+    bounds = poses_bounds[:, 15:17].astype(np.float64)
+    if not ((bounds[:, 0] > 0).all() and (bounds[:, 1] > bounds[:, 0]).all()):
+        raise ValueError(f"{poses_file} bounds are invalid: expected 0 < near < far for every view.")
+    poses = llff_to_opencv_poses(pose_hwf[:, :, :4])
+    if (
+        not np.allclose(poses[:, :3, :3] @ poses[:, :3, :3].transpose(0, 2, 1), np.eye(3), atol=1e-3)
+        or not (np.linalg.det(poses[:, :3, :3]) > 0).all()
+    ):
+        raise ValueError(f"{poses_file} holds camera rotations that are not orthonormal right-handed matrices.")
+    return poses, bounds, pose_hwf[0, :, 4]
+
+
+def _read_images(image_dir: Path, names: list[str], image_size: tuple[int, int] | None) -> np.ndarray:
+    """The (N, H, W, 3) float32 RGB images in [0, 1], resized to `image_size` (width, height) if given."""
+    from PIL import Image
+
+    images = []
+    for name in names:
+        with Image.open(image_dir / name) as image:
+            image = image.convert("RGB")
+            if image_size is not None and image.size != tuple(image_size):
+                image = image.resize(tuple(image_size), Image.Resampling.LANCZOS)
+            images.append(np.asarray(image, dtype=np.float32) / 255.0)
+    if len({image.shape for image in images}) != 1:
+        raise ValueError(f"the images in {image_dir} have different sizes: expected one size for the whole scene.")
+    return np.stack(images)
+
+
+def _intrinsics(num_views: int, height: int, width: int, hwf: np.ndarray) -> np.ndarray:
+    """(N, 3, 3) pinhole intrinsics at `height` x `width`, the stored focal length scaled from the stored size."""
+    full_height, full_width, full_focal = hwf
+    if abs(width / height - full_width / full_height) > 0.02 * full_width / full_height:
+        raise ValueError(
+            f"images of {width}x{height} do not have the aspect ratio of the poses' {full_width:.0f}x"
+            f"{full_height:.0f} (hwf column of poses_bounds.npy): keep the aspect ratio when resizing."
+        )
+    intrinsics = np.zeros((num_views, 3, 3), dtype=np.float64)
+    intrinsics[:, 0, 0] = full_focal * width / full_width
+    intrinsics[:, 1, 1] = full_focal * height / full_height
+    intrinsics[:, 0, 2] = width / 2.0
+    intrinsics[:, 1, 2] = height / 2.0
+    intrinsics[:, 2, 2] = 1.0
+    return intrinsics
 
 
 def view_synthesis_example(

@@ -218,27 +218,14 @@ def export_onnx(
     _import_onnx(dynamo)
     if batch_size < 1:
         raise ValueError(f"batch_size = {batch_size} is invalid: expected a positive int")
-    if example_inputs is not None:
-        example, next_example = _named_examples(example_inputs, dynamic_batch)
-        trace_batch = next(iter(example.values())).shape[0]
-    else:
-        trace_batch = max(batch_size, 2) if dynamic_batch else batch_size
-        example, next_example = _random_pixel_values(model, image_size, trace_batch, seed)
+    example, next_example = _trace_example(model, example_inputs, image_size, batch_size, dynamic_batch, seed)
     input_names = list(example) if isinstance(example, dict) else [INPUT_NAME]
     example_args = tuple(example.values()) if isinstance(example, dict) else (example,)
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-
-    with export_mode(model), torch.no_grad():
-        wrapper = EvoNetOnnxWrapper(model, input_names if isinstance(example, dict) else None).eval()
-        output_names = [name for name, _ in named_outputs(model, example)]
-        start = time.perf_counter()
-        if dynamo:
-            _export_dynamo(wrapper, example_args, path, input_names, output_names, opset, dynamic_batch)
-        else:
-            _export_torchscript(wrapper, example_args, path, input_names, output_names, opset, dynamic_batch)
-        export_seconds = time.perf_counter() - start
-
+    output_names, export_seconds = _write_onnx(
+        model, example, example_args, path, input_names, opset, dynamo, dynamic_batch
+    )
     report = ExportReport(
         path=path,
         opset=_opset_of(path),
@@ -251,14 +238,44 @@ def export_onnx(
         export_seconds=export_seconds,
     )
     if check:
-        runtime = OnnxRuntimeModel(path)
-        report.providers = runtime.providers
-        batches = [trace_batch] + ([trace_batch + 1] if dynamic_batch else [])
-        inputs = [example] + ([next_example()] if dynamic_batch else [])
-        report.max_abs_diff_per_output = compare_with_pytorch(model, runtime, inputs, atol=atol, rtol=rtol)
-        report.checked_batch_sizes = batches
-        report.max_abs_diff = max(report.max_abs_diff_per_output.values())
+        _check_export(report, model, example, next_example, atol=atol, rtol=rtol)
     return report
+
+
+def _trace_example(model, example_inputs, image_size, batch_size, dynamic_batch, seed) -> tuple[Any, Any]:
+    """The input to trace (`example_inputs`, or a random `pixel_values`) and a function drawing one of one more batch."""
+    if example_inputs is not None:
+        return _named_examples(example_inputs, dynamic_batch)
+    trace_batch = max(batch_size, 2) if dynamic_batch else batch_size
+    return _random_pixel_values(model, image_size, trace_batch, seed)
+
+
+def _write_onnx(
+    model, example, example_args, path, input_names, opset, dynamo, dynamic_batch
+) -> tuple[list[str], float]:
+    """Write the ONNX file with the chosen exporter, in export mode; return the output names and the seconds taken."""
+    with export_mode(model), torch.no_grad():
+        wrapper = EvoNetOnnxWrapper(model, input_names if isinstance(example, dict) else None).eval()
+        output_names = [name for name, _ in named_outputs(model, example)]
+        start = time.perf_counter()
+        if dynamo:
+            _export_dynamo(wrapper, example_args, path, input_names, output_names, opset, dynamic_batch)
+        else:
+            _export_torchscript(wrapper, example_args, path, input_names, output_names, opset, dynamic_batch)
+        return output_names, time.perf_counter() - start
+
+
+def _check_export(report: ExportReport, model, example, next_example, *, atol: float, rtol: float) -> None:
+    """Compare the written file with PyTorch at the traced batch (and one more with a dynamic batch); record the
+    differences and providers in `report`."""
+    runtime = OnnxRuntimeModel(report.path)
+    report.providers = runtime.providers
+    trace_batch = report.input_shape[0]
+    batches = [trace_batch] + ([trace_batch + 1] if report.dynamic_batch else [])
+    inputs = [example] + ([next_example()] if report.dynamic_batch else [])
+    report.max_abs_diff_per_output = compare_with_pytorch(model, runtime, inputs, atol=atol, rtol=rtol)
+    report.checked_batch_sizes = batches
+    report.max_abs_diff = max(report.max_abs_diff_per_output.values())
 
 
 def _random_pixel_values(model, image_size, batch, seed) -> tuple[torch.Tensor, Any]:

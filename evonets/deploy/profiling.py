@@ -122,6 +122,97 @@ class _Frame:
         self.child_flops = self.nested_scan = self.nested_excluded = 0
 
 
+def _add(table: dict[str, int], key: str, value: int) -> None:
+    table[key] = table.get(key, 0) + value
+
+
+class _MacTally:
+    """The forward hooks of `count_macs` and what they gather: a stack of `_Frame`s (one per running module call),
+    the MACs per module, block and mixer type, the analytic scan MACs added and the counted MACs dropped."""
+
+    def __init__(self, model: nn.Module, counter: FlopCounterMode):
+        self.counter = counter
+        self.stack: list[_Frame] = []
+        self.by_module_type: dict[str, int] = {}
+        self.by_block_type: dict[str, int] = {}
+        self.by_mixer_type: dict[str, int] = {}
+        self.excluded = 0
+        self.scan = 0
+        self.mixer_types = {
+            id(module.mixer): module.block_type
+            for module in model.modules()
+            if isinstance(getattr(module, "block_type", None), str)
+            and isinstance(getattr(module, "mixer", None), nn.Module)
+        }
+
+    def flops_so_far(self) -> int:
+        return sum(self.counter.flop_counts["Global"].values())
+
+    def pre_hook(self, module: nn.Module, args: tuple) -> None:
+        in_scan = any(frame.in_scan for frame in self.stack) or isinstance(module, EvoNetSelectiveScan)
+        owner = hasattr(module, "scan_macs") and not in_scan and not any(frame.scan_owner for frame in self.stack)
+        self.stack.append(_Frame(self.flops_so_far(), owner, in_scan))
+
+    def post_hook(self, module: nn.Module, args: tuple, output: Any) -> None:
+        frame = self.stack.pop()
+        inclusive_flops = self.flops_so_far() - frame.start_flops
+        if isinstance(module, EvoNetSelectiveScan):
+            nested_scan, nested_excluded, inclusive_macs = self._drop_scan_internals(inclusive_flops)
+        else:
+            nested_scan, nested_excluded, inclusive_macs = self._book_call(module, args, frame, inclusive_flops)
+        block_type = getattr(module, "block_type", None)
+        if isinstance(block_type, str):
+            _add(self.by_block_type, block_type, inclusive_macs)
+        if id(module) in self.mixer_types:
+            _add(self.by_mixer_type, self.mixer_types[id(module)], inclusive_macs)
+        if self.stack:
+            parent = self.stack[-1]
+            parent.child_flops += inclusive_flops
+            parent.nested_scan += nested_scan
+            parent.nested_excluded += nested_excluded
+
+    def _drop_scan_internals(self, inclusive_flops: int) -> tuple[int, int, int]:
+        """(nested scan, nested excluded, inclusive MACs) of an `EvoNetSelectiveScan` call."""
+        # Everything inside is replaced by the owner's analytic `scan_macs`.
+        if not any(outer.in_scan for outer in self.stack):
+            self.excluded += inclusive_flops // 2
+        return 0, inclusive_flops // 2, 0
+
+    def _book_call(self, module: nn.Module, args: tuple, frame: _Frame, inclusive_flops: int) -> tuple[int, int, int]:
+        """Book the call's own MACs (and, for a scan owner, its `scan_macs`) under its module type; return (nested
+        scan, nested excluded, inclusive MACs)."""
+        scan_macs = 0
+        if frame.scan_owner:
+            batch, height, width = args[0].shape[:3]  # channels-last input (B, H, W, C)
+            scan_macs = batch * int(module.scan_macs(height, width))
+            self.scan += scan_macs
+            _add(self.by_module_type, SCAN_KEY, scan_macs)
+        if not frame.in_scan:
+            _add(self.by_module_type, type(module).__name__, (inclusive_flops - frame.child_flops) // 2)
+        nested_scan = frame.nested_scan + scan_macs
+        nested_excluded = frame.nested_excluded
+        return nested_scan, nested_excluded, inclusive_flops // 2 - nested_excluded + nested_scan
+
+    def result(self) -> MacCount:
+        counted_total = self.counter.get_total_flops() // 2
+        counted = counted_total - self.excluded
+        total = counted + self.scan
+        by_module_type = {name: macs for name, macs in self.by_module_type.items() if macs}
+        # Ops run outside every module (none, for a model called directly) would be missing from the breakdown.
+        unattributed = total - sum(by_module_type.values())
+        if unattributed:
+            by_module_type["(outside modules)"] = unattributed
+        return MacCount(
+            total=total,
+            counted=counted,
+            scan=self.scan,
+            excluded=self.excluded,
+            by_module_type=dict(sorted(by_module_type.items(), key=lambda item: -item[1])),
+            by_block_type=self.by_block_type,
+            by_mixer_type=self.by_mixer_type,
+        )
+
+
 def count_macs(model: nn.Module, pixel_values: torch.Tensor, **forward_kwargs: Any) -> MacCount:
     """Count the MACs of `model(pixel_values, **forward_kwargs)` (see the module docstring for what counts).
 
@@ -130,64 +221,18 @@ def count_macs(model: nn.Module, pixel_values: torch.Tensor, **forward_kwargs: A
     the outermost one adds its `scan_macs`.
     """
     counter = FlopCounterMode(display=False, custom_mapping=_EXTRA_FLOP_FORMULAS)
-    stack: list[_Frame] = []
-    by_module_type: dict[str, int] = {}
-    by_block_type: dict[str, int] = {}
-    by_mixer_type: dict[str, int] = {}
-    totals = {"excluded": 0, "scan": 0}
-    mixer_types = {
-        id(module.mixer): module.block_type
-        for module in model.modules()
-        if isinstance(getattr(module, "block_type", None), str)
-        and isinstance(getattr(module, "mixer", None), nn.Module)
-    }
+    tally = _MacTally(model, counter)
+    _hooked_forward(model, tally, pixel_values, forward_kwargs)
+    return tally.result()
 
-    def add(table: dict[str, int], key: str, value: int) -> None:
-        table[key] = table.get(key, 0) + value
 
-    def flops_so_far() -> int:
-        return sum(counter.flop_counts["Global"].values())
-
-    def pre_hook(module: nn.Module, args: tuple) -> None:
-        in_scan = any(frame.in_scan for frame in stack) or isinstance(module, EvoNetSelectiveScan)
-        owner = hasattr(module, "scan_macs") and not in_scan and not any(frame.scan_owner for frame in stack)
-        stack.append(_Frame(flops_so_far(), owner, in_scan))
-
-    def post_hook(module: nn.Module, args: tuple, output: Any) -> None:
-        frame = stack.pop()
-        inclusive_flops = flops_so_far() - frame.start_flops
-        if isinstance(module, EvoNetSelectiveScan):
-            # Everything inside is replaced by the owner's analytic `scan_macs`.
-            if not any(outer.in_scan for outer in stack):
-                totals["excluded"] += inclusive_flops // 2
-            nested_scan, nested_excluded, inclusive_macs = 0, inclusive_flops // 2, 0
-        else:
-            scan_macs = 0
-            if frame.scan_owner:
-                batch, height, width = args[0].shape[:3]  # channels-last input (B, H, W, C)
-                scan_macs = batch * int(module.scan_macs(height, width))
-                totals["scan"] += scan_macs
-                add(by_module_type, SCAN_KEY, scan_macs)
-            if not frame.in_scan:
-                add(by_module_type, type(module).__name__, (inclusive_flops - frame.child_flops) // 2)
-            nested_scan = frame.nested_scan + scan_macs
-            nested_excluded = frame.nested_excluded
-            inclusive_macs = inclusive_flops // 2 - nested_excluded + nested_scan
-        block_type = getattr(module, "block_type", None)
-        if isinstance(block_type, str):
-            add(by_block_type, block_type, inclusive_macs)
-        if id(module) in mixer_types:
-            add(by_mixer_type, mixer_types[id(module)], inclusive_macs)
-        if stack:
-            parent = stack[-1]
-            parent.child_flops += inclusive_flops
-            parent.nested_scan += nested_scan
-            parent.nested_excluded += nested_excluded
-
+def _hooked_forward(model: nn.Module, tally: _MacTally, pixel_values: torch.Tensor, forward_kwargs: dict) -> None:
+    """One forward under the flop counter with `tally`'s hooks on every module, in eval mode without gradients;
+    hooks removed and mode and `requires_grad` flags restored afterwards."""
     handles = []
     for module in model.modules():
-        handles.append(module.register_forward_pre_hook(pre_hook))
-        handles.append(module.register_forward_hook(post_hook))
+        handles.append(module.register_forward_pre_hook(tally.pre_hook))
+        handles.append(module.register_forward_hook(tally.post_hook))
     was_training = model.training
     # FlopCounterMode's module tracker fails on a module called with a parameter that requires grad under
     # no_grad (SS2D passes `self.D.float()`, which is the parameter itself), so switch the flags off meanwhile.
@@ -196,7 +241,7 @@ def count_macs(model: nn.Module, pixel_values: torch.Tensor, **forward_kwargs: A
     try:
         for param in trainable:
             param.requires_grad_(False)
-        with torch.no_grad(), counter:
+        with torch.no_grad(), tally.counter:
             model(pixel_values, **forward_kwargs)
     finally:
         for handle in handles:
@@ -204,24 +249,6 @@ def count_macs(model: nn.Module, pixel_values: torch.Tensor, **forward_kwargs: A
         for param in trainable:
             param.requires_grad_(True)
         model.train(was_training)
-
-    counted_total = counter.get_total_flops() // 2
-    counted = counted_total - totals["excluded"]
-    total = counted + totals["scan"]
-    by_module_type = {name: macs for name, macs in by_module_type.items() if macs}
-    # Ops run outside every module (none, for a model called directly) would be missing from the breakdown.
-    unattributed = total - sum(by_module_type.values())
-    if unattributed:
-        by_module_type["(outside modules)"] = unattributed
-    return MacCount(
-        total=total,
-        counted=counted,
-        scan=totals["scan"],
-        excluded=totals["excluded"],
-        by_module_type=dict(sorted(by_module_type.items(), key=lambda item: -item[1])),
-        by_block_type=by_block_type,
-        by_mixer_type=by_mixer_type,
-    )
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

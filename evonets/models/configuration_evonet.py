@@ -92,6 +92,8 @@ class EvoNetConfig(BackboneConfigMixin, EvoNetNetworkConfig):
     image_size: int = 224
     depths: list[int] | tuple[int, ...] = (2, 2, 4, 2)
     hidden_sizes: list[int] | tuple[int, ...] = (48, 96, 192, 384)
+    # One value, one per stage or one per block: `validate_architecture` checks these and names the field and what is
+    # allowed; typed `Any` so that transformers' strict field typing does not reject them first with a bare TypeError.
     block_types: Any = None
     mlp_ratios: Any = 4.0
     d_states: Any = 16

@@ -97,6 +97,8 @@ class EvoNetSupernetConfig(EvoNetNetworkConfig):
 
     model_type = "evonet_supernet"
 
+    # Shorthands (one list for all stages, or per stage, or per position) that `_normalise_choices` expands and checks
+    # with errors naming the field; typed `Any` so that transformers' strict field typing does not reject them first.
     resolution_choices: Any = (160, 192, 224)
     depth_choices: Any = ((1, 2), (1, 2), (2, 3, 4, 5, 6), (1, 2))
     width_choices: Any = ((32, 48, 64), (64, 96, 128), (128, 192, 256), (256, 384, 512))
