@@ -98,7 +98,7 @@ class LatencyOracle:
 
     def __init__(self, config: SearchConfig, supernet, space):
         from evonets.deploy.fingerprint import device_fingerprint, fingerprint_key
-        from evonets.deploy.latency import LatencySettings
+        from evonets.deploy.latency import LatencySettings, prepare_process
 
         from .latency_table import LatencyTable
 
@@ -108,6 +108,9 @@ class LatencyOracle:
             **{name: getattr(latency, name) for name in LatencySettings.__dataclass_fields__}
         )
         self.supernet, self.space = supernet, space
+        # Every run times latency (the table, or at least the front members at the end): set the process up for it
+        # now, before the evaluation workers fork, so the whole run allocates under the measured allocator setting.
+        prepare_process(self.settings)
         self.fingerprint = device_fingerprint(self.settings)
         self.key = fingerprint_key(self.fingerprint)
         self.measured: dict[str, dict] = {}
