@@ -17,7 +17,8 @@ The scene is rescaled so that the smallest near bound is 1 (camera centres and b
 sees coordinates of order 1 whatever units the structure-from-motion run picked. Views 0, 8, 16, ... (every
 `holdout_every`-th view) are held out for testing, as in the NeRF papers; the others are training views.
 
-`torch` is imported only by the datasets and the collator; scikit-image only by the metrics.
+Rays through pixels come from `camera_rays`, which lives with the model (`modeling_evonet_view_synthesis`: a saved
+model folder needs it and no data loader). scikit-image is imported only by the metrics.
 """
 
 from __future__ import annotations
