@@ -10,6 +10,7 @@ otherwise. After parsing, the dataclass's `validate()` runs and its `ValueError`
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -63,12 +64,34 @@ def parse_config(config_class: type, argv: list[str] | None, prog: str, descript
         argv = section_argv(argv, section)
     namespace = parser.parse_args(argv)
     namespace.pop("config", None)
+    for name in _null_sections(config_class, namespace):
+        parser.error(f"Config section {name} is null (e.g. `{name.split('.')[-1]}:` with nothing under it): give its "
+                     "fields, or leave the section out to use its defaults.")  # fmt: skip
     instantiated = parser.instantiate(namespace)
     config = config_class(**{name: instantiated[name] for name in config_class.__dataclass_fields__})
     try:
         return config.validate()
     except ValueError as error:
         parser.error(str(error))
+
+
+def _null_sections(config_class: type, namespace, prefix: str = "") -> list[str]:
+    """Dotted names of the nested config dataclasses that the YAML set to null (jsonargparse would fail on them with
+    a bare TypeError)."""
+    found = []
+    for name, field in config_class.__dataclass_fields__.items():
+        kind = field.type if isinstance(field.type, type) else None
+        if kind is None:  # postponed annotations: the field's default factory tells the nested dataclass
+            default = field.default_factory() if callable(field.default_factory) else None
+            kind = type(default) if dataclasses.is_dataclass(default) else None
+        if kind is None or not dataclasses.is_dataclass(kind):
+            continue
+        value = namespace.get(name) if hasattr(namespace, "get") else getattr(namespace, name, None)
+        if value is None:
+            found.append(prefix + name)
+        else:
+            found += _null_sections(kind, value, f"{prefix}{name}.")
+    return found
 
 
 def field_error(name: str, value, expected: str) -> ValueError:

@@ -6,6 +6,8 @@ import dataclasses
 import math
 from typing import Any
 
+from transformers.activations import ACT2FN
+
 from ._compat import BackboneConfigMixin, PreTrainedConfig
 
 BLOCK_TYPES = ("ss2d", "ssd", "attention", "conv")
@@ -127,7 +129,7 @@ class EvoNetConfig(BackboneConfigMixin, EvoNetNetworkConfig):
             "a non-empty list of positive ints",
         )
         for value in self.depths:
-            _require(isinstance(value, int) and value >= 1, "depths", self.depths, "positive ints")
+            _require(_is_int(value) and value >= 1, "depths", self.depths, "positive ints")
         _require(
             len(self.hidden_sizes) == len(self.depths),
             "hidden_sizes",
@@ -135,7 +137,7 @@ class EvoNetConfig(BackboneConfigMixin, EvoNetNetworkConfig):
             f"one int per stage ({len(self.depths)} stages, from `depths`)",
         )
         for value in self.hidden_sizes:
-            _require(isinstance(value, int) and value >= 1, "hidden_sizes", self.hidden_sizes, "positive ints")
+            _require(_is_int(value) and value >= 1, "hidden_sizes", self.hidden_sizes, "positive ints")
         for name in (
             "num_channels",
             "image_size",
@@ -145,7 +147,7 @@ class EvoNetConfig(BackboneConfigMixin, EvoNetNetworkConfig):
             "attention_head_dim",
         ):
             value = getattr(self, name)
-            _require(isinstance(value, int) and value >= 1, name, value, "a positive int")
+            _require(_is_int(value) and value >= 1, name, value, "a positive int")
         for name in ("ssm_conv_kernel", "conv_kernel_size"):
             _require(getattr(self, name) % 2 == 1, name, getattr(self, name), "an odd int (same-size padding)")
         _require(
@@ -154,8 +156,31 @@ class EvoNetConfig(BackboneConfigMixin, EvoNetNetworkConfig):
             self.dt_rank,
             '"auto" or a positive int',
         )
-        _require(0.0 <= self.drop_path_rate < 1.0, "drop_path_rate", self.drop_path_rate, "a float in [0, 1)")
-        _require(self.layer_scale_init_value >= 0, "layer_scale_init_value", self.layer_scale_init_value, ">= 0")
+        _require(
+            self.image_size >= self.patch_size,
+            "image_size",
+            self.image_size,
+            f"at least patch_size = {self.patch_size} (the stem cuts patches of that size)",
+        )
+        _require(
+            _is_real(self.drop_path_rate) and 0.0 <= self.drop_path_rate < 1.0,
+            "drop_path_rate",
+            self.drop_path_rate,
+            "a float in [0, 1)",
+        )
+        _require(
+            _is_real(self.layer_scale_init_value) and self.layer_scale_init_value >= 0,
+            "layer_scale_init_value",
+            self.layer_scale_init_value,
+            "a finite number >= 0",
+        )
+        _require(
+            _is_real(self.layer_norm_eps) and self.layer_norm_eps > 0,
+            "layer_norm_eps",
+            self.layer_norm_eps,
+            "a finite number > 0 (the normalisation divides by sqrt(variance + eps))",
+        )
+        _require(self.hidden_act in ACT2FN, "hidden_act", self.hidden_act, f"one of {sorted(ACT2FN)}")
 
         self._per_block("block_types")  # shape check
         for stage, types in enumerate(self._per_block("block_types")):
@@ -172,16 +197,33 @@ class EvoNetConfig(BackboneConfigMixin, EvoNetNetworkConfig):
 
     def _check_block(self, stage: int, index: int, args: dict) -> None:
         where = f"[{stage}][{index}]"
-        _require(args["mlp_ratio"] > 0, f"mlp_ratios{where}", args["mlp_ratio"], "a positive number")
         _require(
-            isinstance(args["d_state"], int) and args["d_state"] >= 1,
+            _is_real(args["mlp_ratio"]) and args["mlp_ratio"] > 0,
+            f"mlp_ratios{where}",
+            args["mlp_ratio"],
+            "a finite positive number",
+        )
+        _require(
+            _is_int(args["d_state"]) and args["d_state"] >= 1,
             f"d_states{where}",
             args["d_state"],
             "a positive int",
         )
-        _require(args["ssm_ratio"] > 0, f"ssm_ratios{where}", args["ssm_ratio"], "a positive number")
+        _require(
+            _is_real(args["ssm_ratio"]) and args["ssm_ratio"] > 0,
+            f"ssm_ratios{where}",
+            args["ssm_ratio"],
+            "a finite positive number",
+        )
+        if args["block_type"] in ("ss2d", "ssd"):
+            _require(
+                args["d_inner"] >= 1,
+                f"ssm_ratios{where}",
+                args["ssm_ratio"],
+                f"large enough for at least one inner channel (ssm_ratio * hidden_size = {args['d_inner']})",
+            )
         heads = args["num_heads"]
-        _require(isinstance(heads, int) and heads >= 1, f"num_heads{where}", heads, "a positive int or None")
+        _require(_is_int(heads) and heads >= 1, f"num_heads{where}", heads, "a positive int or None")
         if args["block_type"] == "ssd":
             _require(
                 args["d_inner"] % heads == 0,
@@ -248,6 +290,15 @@ def _default_heads(channels: int, channels_per_head: int) -> int:
     """About one head per `channels_per_head` channels: the largest divisor of `channels` not above that."""
     target = max(1, channels // channels_per_head)
     return max(d for d in range(1, target + 1) if channels % d == 0)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    """An int or float (not a bool, not a string) that is finite."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _require(condition: bool, field: str, value: Any, allowed: str) -> None:

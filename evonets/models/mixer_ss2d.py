@@ -38,6 +38,10 @@ class EvoNetSelectiveScan(nn.Module):
         self.backend = backend
 
     def forward(self, u, delta, A, B, C, D, delta_bias) -> torch.Tensor:
+        # `delta_bias` may come per order, (K, E): flattened here rather than by the caller, because a view of a
+        # parameter made under `torch.no_grad()` and passed as a module input breaks torch's module tracker (and so
+        # `FlopCounterMode` under `no_grad`).
+        delta_bias = delta_bias.reshape(-1)
         return selective_scan(u, delta, A, B, C, D, delta_bias=delta_bias, delta_softplus=True, backend=self.backend)
 
     def extra_repr(self) -> str:
@@ -139,7 +143,7 @@ class EvoNetSS2D(nn.Module):
             B.contiguous(),
             C.contiguous(),
             self.D.float(),
-            self.dt_proj_bias.reshape(-1).float(),
+            self.dt_proj_bias.float(),
         ).view(batch, NUM_SCAN_ORDERS, self.d_inner, length)
         y = merge_orders(y, height, width).transpose(1, 2).reshape(batch, height, width, self.d_inner)
         y = self.out_norm(y) * F.silu(z)

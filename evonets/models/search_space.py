@@ -226,6 +226,13 @@ class EvoNetSupernetConfig(EvoNetNetworkConfig):
         for name in ("num_channels", "patch_size", "ssm_conv_kernel", "conv_kernel_size"):
             value = getattr(self, name)
             _require(_is_int(value) and value >= 1, name, value, "a positive int")
+        for value in self.resolution_choices:
+            _require(
+                _is_int(value) and value >= self.patch_size,
+                "resolution_choices",
+                self.resolution_choices,
+                f"ints of at least patch_size = {self.patch_size} pixels",
+            )
         for name in ("ssm_conv_kernel", "conv_kernel_size"):
             _require(getattr(self, name) % 2 == 1, name, getattr(self, name), "an odd int (same-size padding)")
         _require(

@@ -150,6 +150,15 @@ class EvoNetHeadPreTrainedModel(EvoNetPreTrainedModel):
     config_class = EvoNetHeadConfig
     base_model_prefix = "backbone"
 
+    def __init__(self, config: EvoNetHeadConfig, *inputs, **kwargs):
+        if not isinstance(getattr(config, "backbone_config", None), PreTrainedConfig):
+            raise TypeError(
+                f"{type(self).__name__} takes a {self.config_class.__name__} (a head config whose backbone_config is "
+                f"the EvoNet), not a {type(config).__name__}; from an EvoNetConfig or a saved EvoNet folder, build it "
+                f"with {type(self).__name__}.from_backbone(source, ...)."
+            )
+        super().__init__(config, *inputs, **kwargs)
+
     @classmethod
     def from_backbone(cls, source: BackboneSource, out_features: list[str] | None = None, **config_kwargs):
         """A head whose backbone comes from `source`: an `EvoNetConfig` / dict (from scratch) or a saved EvoNet
