@@ -192,3 +192,40 @@ def test_greyscale_arrays_are_images():
     mean, std = torch.tensor(processor.image_mean), torch.tensor(processor.image_std)
     rgb = pixel_values[0] * std[:, None, None] + mean[:, None, None]
     torch.testing.assert_close(rgb, torch.full_like(rgb, 128 / 255), atol=1e-3, rtol=0)  # the same grey everywhere
+
+
+def _saved_classifier(folder) -> evonets.EvoNetForImageClassification:
+    model = evonets.EvoNetForImageClassification(evonet_config(block_types=[["conv"], ["attention"]], image_size=32))
+    model.save_pretrained(folder)
+    return model
+
+
+def test_a_config_with_more_blocks_than_its_weights_is_refused(tmp_path):
+    """An edited config.json used to load with random weights for the extra block and only a warning."""
+    import json
+
+    from transformers import AutoModelForImageClassification
+
+    _saved_classifier(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config.update(depths=[2, 1], block_types=[["conv", "conv"], ["attention"]])
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    for load in (evonets.EvoNetForImageClassification.from_pretrained, AutoModelForImageClassification.from_pretrained):
+        with pytest.raises(ValueError, match=r"no weights for \d+ tensors of the network's body .*blocks\.1"):
+            load(tmp_path)
+    model = evonets.EvoNetForImageClassification.from_pretrained(tmp_path, allow_missing_body_weights=True)
+    assert model.config.depths == [2, 1]
+
+
+def test_a_missing_head_still_loads_as_in_transformers(tmp_path):
+    evonets.EvoNetModel(evonet_config(block_types=[["conv"], ["attention"]], image_size=32)).save_pretrained(tmp_path)
+    _, info = evonets.EvoNetForImageClassification.from_pretrained(tmp_path, output_loading_info=True)
+    assert sorted(info["missing_keys"]) == ["classifier.bias", "classifier.weight"]
+
+
+def test_truncated_weights_name_the_folder(tmp_path):
+    _saved_classifier(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(ValueError, match=f"safetensors weights of {tmp_path} are damaged or truncated"):
+        evonets.EvoNetForImageClassification.from_pretrained(tmp_path)

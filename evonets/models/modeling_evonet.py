@@ -9,6 +9,7 @@ channels-first (B, C, H, W), as in the other vision models of transformers.
 from __future__ import annotations
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 from transformers import PreTrainedModel
 from transformers.activations import ACT2FN
@@ -193,6 +194,12 @@ class EvoNetEmbeddings(nn.Module):
         return self.norm(self.patch_embeddings(pixel_values).permute(0, 2, 3, 1))  # (B, H/p, W/p, C)
 
 
+def _is_body_weight(key: str) -> bool:
+    """A parameter of the stem or the stages (not of a head added on top, nor a backbone's feature norms)."""
+    parts = key.split(".")
+    return "embeddings" in parts or "encoder" in parts
+
+
 class EvoNetPreTrainedModel(PreTrainedModel):
     config_class = EvoNetConfig
     base_model_prefix = "evonet"
@@ -208,6 +215,29 @@ class EvoNetPreTrainedModel(PreTrainedModel):
             module.init_ssm_parameters()
         elif isinstance(module, EvoNetLayerScale):
             init.constant_(module.gamma, module.init_value)
+
+    @classmethod
+    def from_pretrained(cls, *args, allow_missing_body_weights: bool = False, **kwargs):
+        """transformers' `from_pretrained`, refusing a checkpoint that lacks weights of the network's body (stem,
+        stages: e.g. a `config.json` edited to one block more than the weights hold) instead of initialising them
+        at random with a warning. A missing task head (`classifier`, the backbone's feature norms, a new decoder) is
+        still fine, as in transformers; pass `allow_missing_body_weights=True` to accept random body weights too."""
+        return_info = kwargs.pop("output_loading_info", False)
+        where = args[0] if args else kwargs.get("pretrained_model_name_or_path")
+        try:
+            model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        except SafetensorError as error:
+            raise ValueError(
+                f"the safetensors weights of {where} are damaged or truncated ({error}): copy or download them again."
+            ) from error
+        body = [key for key in info.get("missing_keys", ()) if _is_body_weight(key)]
+        if body and not allow_missing_body_weights:
+            raise ValueError(
+                f"{where} holds no weights for {len(body)} tensors of the network's body (first: {min(body)!r}): "
+                "its config.json describes a larger network than its weights. Fix the folder, or pass "
+                "allow_missing_body_weights=True to initialise them at random."
+            )
+        return (model, info) if return_info else model
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         # transformers writes only the saved class into `auto_map`, but the folder's modeling_evonet.py defines all
