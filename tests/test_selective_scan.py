@@ -202,6 +202,28 @@ def test_missing_kernel_source_falls_back_to_torch(monkeypatch, tmp_path, caplog
     torch.testing.assert_close(y, selective_scan(**inputs, backend="reference"), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("value", ["soon", "-1", "nan"])
+def test_bad_build_timeout_is_refused_naming_the_variable(monkeypatch, value):
+    monkeypatch.setenv(scan_module.BUILD_TIMEOUT_ENV_VAR, value)
+    monkeypatch.setattr(scan_module, "_cpu_kernel_loaded", None)
+    with pytest.raises(ValueError, match=scan_module.BUILD_TIMEOUT_ENV_VAR):
+        available_backends()
+
+
+def test_build_timeout_zero_never_builds(monkeypatch, tmp_path, caplog):
+    """Nothing built in the (empty) extensions folder and building switched off: one warning, the 'torch' scan."""
+    monkeypatch.delenv(BACKEND_ENV_VAR, raising=False)
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    monkeypatch.setenv(scan_module.BUILD_TIMEOUT_ENV_VAR, "0")
+    monkeypatch.setattr(scan_module, "_cpu_kernel_loaded", None)
+    with caplog.at_level(logging.INFO, logger=scan_module.__name__):
+        assert scan_module._resolve_backend("auto", torch.zeros(1, 2, 3)) == "torch"
+        assert "cpu_fused" not in available_backends()
+    warnings = [record.message for record in caplog.records if record.levelno == logging.WARNING]
+    assert len(warnings) == 1 and f"{scan_module.BUILD_TIMEOUT_ENV_VAR}=0" in warnings[0]
+    assert not list(tmp_path.rglob("*.so"))
+
+
 class ScanModule(torch.nn.Module):
     """A minimal SS2D-like user of selective_scan with its own A, D and delta_bias."""
 

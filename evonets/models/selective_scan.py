@@ -27,11 +27,20 @@ Backends
 ``"cpu_fused"``
     A fused C++ kernel (``csrc/selective_scan_cpu.cpp``, forward and backward) that keeps the state in
     registers while streaming the inputs, parallel over (batch, channel) with ``at::parallel_for`` (so it
-    follows ``torch.set_num_threads``). It is built with ``torch.utils.cpp_extension`` on first use (15-30 s
-    on 2 cores, cached in torch's extensions directory). When the source is missing (e.g. this file was
-    copied into a Hugging Face remote-code folder) or the build fails, it logs once and falls back to
-    ``"torch"``. Its ops have Meta kernels, so ``torch.compile(fullgraph=True)`` traces through it, forward
+    follows ``torch.set_num_threads``). It is built with ``torch.utils.cpp_extension`` on first use and cached
+    in torch's extensions directory (``$TORCH_EXTENSIONS_DIR/evonets_selective_scan_cpu``, by default under
+    ``~/.cache/torch_extensions``): a first use takes 10-25 s longer on 2 cores (19-23 s measured on 2 busy
+    cores); a cached kernel loads in under 0.1 s. When the source is missing (e.g. this file was copied into a
+    Hugging Face remote-code folder), the build fails or it does not finish in time, it warns once and falls
+    back to ``"torch"``. Its ops have Meta kernels, so ``torch.compile(fullgraph=True)`` traces through it, forward
     and backward; call ``available_backends()`` first so the build itself happens outside compilation.
+
+    The build never hangs a process. It runs in a child process (its own process group, which dies with the
+    process that started it, compilers included) under an ``fcntl`` lock on ``evonets_build.lock`` in the
+    build folder. The kernel frees that lock when its holders die, even by ``kill -9``, so torch's own ``lock``
+    file found while holding it was left by a killed build and is removed. Another process's build is waited
+    for. ``EVONETS_KERNEL_BUILD_TIMEOUT`` (seconds, default 300) bounds the wait and the build together; past
+    it the build is stopped and ``"torch"`` used. ``0`` never builds (a kernel built before still loads).
 ``"cuda"``
     mamba-ssm's ``selective_scan_fn``, if it imports (it needs its CUDA extension) and tensors are on CUDA.
 ``"auto"``
@@ -63,20 +72,36 @@ those are padded with dt = 0 (decay 1, no input) and cut off.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import importlib.util
+import json
 import logging
 import os
 import shutil
-from collections.abc import Callable
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO
 
 import torch
 import torch.nn.functional as F
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "torch", "cpu_fused", "cuda", "reference")
 BACKEND_ENV_VAR = "EVONETS_SCAN_BACKEND"
+BUILD_TIMEOUT_ENV_VAR = "EVONETS_KERNEL_BUILD_TIMEOUT"
+DEFAULT_BUILD_TIMEOUT = 300.0  # seconds; a first build takes 10-25 s on 2 cores
 
 # Time steps per chunk of the "torch" backend. 64-128 measured fastest at VMamba's stage-1 size on CPU (a
 # step's slice then fits in cache); the traced ONNX graph grows linearly with it.
@@ -88,31 +113,214 @@ _CPU_KERNEL_NAME = "evonets_selective_scan_cpu"
 # change results. No -march=native: the kernel carries its own runtime-dispatched AVX2/AVX-512 clones.
 _CPU_KERNEL_CFLAGS = ["-O3", "-fno-trapping-math"]
 
+# Beside torch's own `lock` in the build folder: held (fcntl.flock) by the process that builds and by its build child,
+# so the kernel frees it when they die, however they die. Never deleted (deleting a lock file races).
+_BUILD_LOCK_NAME = "evonets_build.lock"
+# What the library in the build folder was built from (see _build_key); written after a build succeeded.
+_BUILD_KEY_NAME = "evonets_build.key"
+# The build child: torch's JIT build, in a new session (see _build_in_subprocess). Its stdin is a pipe from the
+# parent, which never writes to it: end of file means the parent is gone, and the child then stops its process group
+# rather than build on as an orphan. SIGTERM, not SIGKILL: ninja puts every compiler in a process group of its own,
+# and on SIGTERM it passes the signal on to them and waits for them.
+_BUILD_SCRIPT = """
+import json, os, signal, sys, threading
+
+def die_with_parent():
+    while os.read(0, 1):  # unbuffered: no lock for the interpreter's shutdown to trip over
+        pass
+    os.killpg(0, signal.SIGTERM)
+
+threading.Thread(target=die_with_parent, daemon=True).start()
+from torch.utils import cpp_extension
+
+cpp_extension.load(**json.loads(sys.argv[1]), is_python_module=False)
+sys.stdout.flush()
+os._exit(0)  # without waiting for the watcher thread
+"""
+
 # None: not tried yet; afterwards whether the kernel is loaded. Tried at most once per process.
 _cpu_kernel_loaded: bool | None = None
 _cuda_scan_fn: Callable[..., torch.Tensor] | None = None
 _cuda_import_tried = False
 
 
+def _build_timeout() -> float:
+    """Seconds from `EVONETS_KERNEL_BUILD_TIMEOUT` (default `DEFAULT_BUILD_TIMEOUT`); 0 means never build."""
+    value = os.environ.get(BUILD_TIMEOUT_ENV_VAR, "").strip()
+    if not value:
+        return DEFAULT_BUILD_TIMEOUT
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds >= 0:  # also rejects nan
+        raise ValueError(
+            f"Environment variable {BUILD_TIMEOUT_ENV_VAR}={value!r}: expected seconds >= 0 (0: never build the "
+            "fused CPU kernel, only load one built before)."
+        )
+    return seconds
+
+
+def _build_key() -> str:
+    """Hash of everything the built library depends on here: source, flags, torch and Python."""
+    digest = hashlib.sha256(_CPU_KERNEL_SOURCE.read_bytes())
+    digest.update(json.dumps([_CPU_KERNEL_CFLAGS, torch.__version__, sys.version]).encode())
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def _build_lock(build_dir: Path, deadline: float) -> Iterator[IO[str] | None]:
+    """Hold our lock on `build_dir`, waiting for another holder until `deadline` (time.monotonic()); yields the
+    open lock file, or None when another process still held it at the deadline."""
+    with open(build_dir / _BUILD_LOCK_NAME, "a+") as lock_file:
+        waiting = False
+        while True:
+            try:
+                fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    yield None
+                    return
+                if not waiting:
+                    lock_file.seek(0)
+                    owner = lock_file.read().strip() or "?"
+                    logger.info(
+                        "Waiting for process %s, which is building the fused CPU kernel in %s.", owner, build_dir
+                    )
+                    waiting = True
+                time.sleep(0.2)
+        try:
+            lock_file.truncate(0)  # the owner's pid, for the message above
+            lock_file.write(f"{os.getpid()}\n")
+            lock_file.flush()
+            yield lock_file
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+
+def _remove_stale_torch_lock(build_dir: Path) -> None:
+    """Remove torch's build lock; call only while holding our lock, when no build of ours can be running."""
+    torch_lock = build_dir / "lock"
+    if torch_lock.exists():
+        logger.info("Removing %s, a stale lock left by a build that was killed.", torch_lock)
+        torch_lock.unlink(missing_ok=True)
+
+
+def _stop_process_group(process: subprocess.Popen, grace: float = 10.0) -> None:
+    """Stop the process group that `process` leads: SIGTERM (ninja passes it on to the compilers, each in a group of
+    its own, and waits for them), then SIGKILL whatever is left after `grace` seconds."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    process.wait()
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(process.pid, 0)  # raises once no process of the group is left
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def _build_in_subprocess(build_dir: Path, lock_file: IO[str], timeout: float) -> str | None:
+    """Build the kernel into `build_dir` in a child process, killing it and its compilers after `timeout` seconds;
+    None on success, else why not."""
+    arguments = {
+        "name": _CPU_KERNEL_NAME,
+        "sources": [str(_CPU_KERNEL_SOURCE)],
+        "extra_cflags": _CPU_KERNEL_CFLAGS,
+        "build_directory": str(build_dir),
+    }
+    logger.info(
+        "Building the fused CPU selective scan in %s: once, 10-25 s on 2 cores (stopped after %g s, %s).",
+        build_dir,
+        timeout,
+        BUILD_TIMEOUT_ENV_VAR,
+    )
+    started = time.monotonic()
+    with tempfile.TemporaryFile() as output:
+        process = subprocess.Popen(
+            [sys.executable, "-c", _BUILD_SCRIPT, json.dumps(arguments)],
+            stdin=subprocess.PIPE,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            cwd=build_dir,
+            start_new_session=True,  # its own process group: ninja and the compilers can be killed with it
+            pass_fds=(lock_file.fileno(),),  # holds our lock too, should this process die first
+        )
+        try:
+            returncode = process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return f"its build did not finish within {timeout:g} s ({BUILD_TIMEOUT_ENV_VAR}) and was stopped"
+        finally:
+            if process.returncode != 0:  # timed out, failed or interrupted: leave no compiler running
+                _stop_process_group(process)
+            process.stdin.close()
+            _remove_stale_torch_lock(build_dir)  # the child is dead: a lock it left is stale
+        if returncode != 0:
+            output.seek(0)
+            log = output.read().decode(errors="replace").strip()
+            return f"its build failed (exit status {returncode}):\n{log[-3000:]}"
+    logger.info("Built the fused CPU selective scan in %.1f s.", time.monotonic() - started)
+    return None
+
+
+def _build_and_load(timeout: float) -> str | None:
+    """Load the kernel from torch's extensions folder, building it first if needed (see the module docstring);
+    None on success, else why not."""
+    from torch.utils import cpp_extension
+
+    if fcntl is None:  # Windows: no lock tells a killed build from a live one; torch's own build, in-process
+        cpp_extension.load(
+            _CPU_KERNEL_NAME, [str(_CPU_KERNEL_SOURCE)], extra_cflags=_CPU_KERNEL_CFLAGS, is_python_module=False
+        )
+        return None
+    # The folder `cpp_extension.load` uses (TORCH_EXTENSIONS_DIR, or a per-Python folder in torch's cache).
+    build_dir = Path(cpp_extension._get_build_directory(_CPU_KERNEL_NAME, verbose=False))
+    library = build_dir / f"{_CPU_KERNEL_NAME}{cpp_extension.LIB_EXT}"
+    key = _build_key()
+    key_file = build_dir / _BUILD_KEY_NAME
+    deadline = time.monotonic() + timeout
+    with _build_lock(build_dir, deadline) as lock_file:
+        if lock_file is None:
+            return (
+                f"another process was still building it in {build_dir} after {timeout:g} s "
+                f"({BUILD_TIMEOUT_ENV_VAR}); if none is, delete {build_dir / _BUILD_LOCK_NAME}"
+            )
+        _remove_stale_torch_lock(build_dir)  # we hold our lock, so no build is running
+        built = library.is_file() and key_file.is_file() and key_file.read_text() == key
+        if not built:
+            if timeout == 0:
+                return f"it is not built in {build_dir} and {BUILD_TIMEOUT_ENV_VAR}=0"
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return f"waiting for another process's build took all of {timeout:g} s ({BUILD_TIMEOUT_ENV_VAR})"
+            key_file.unlink(missing_ok=True)
+            error = _build_in_subprocess(build_dir, lock_file, remaining)
+            if error is not None:
+                return error
+            key_file.write_text(key)
+        torch.ops.load_library(str(library))  # under the lock: nobody rebuilds it meanwhile
+    return None
+
+
 @torch.compiler.disable  # file system, compiler and dlopen: run eagerly even inside torch.compile
 def _load_cpu_kernel() -> bool:
     """Build (or fetch from torch's extension cache) and load the fused CPU kernel; False if impossible."""
     global _cpu_kernel_loaded
+    timeout = _build_timeout()
     _cpu_kernel_loaded = False
     if not _CPU_KERNEL_SOURCE.is_file():
         logger.info("Fused CPU selective scan source %s not found; using the 'torch' backend.", _CPU_KERNEL_SOURCE)
         return False
     try:
-        from torch.utils import cpp_extension
-
-        cpp_extension.load(
-            name=_CPU_KERNEL_NAME,
-            sources=[str(_CPU_KERNEL_SOURCE)],
-            extra_cflags=_CPU_KERNEL_CFLAGS,
-            is_python_module=False,
-        )
-    except Exception as error:  # noqa: BLE001 -- no compiler, failed build, op namespace already taken, ...
-        logger.warning("Could not build the fused CPU selective scan (%s); using the slower 'torch' backend.", error)
+        error = _build_and_load(timeout)
+    except Exception as exception:  # noqa: BLE001 -- no compiler, unwritable cache, op namespace already taken, ...
+        error = str(exception)
+    if error is not None:
+        logger.warning("Fused CPU selective scan unavailable (%s); using the slower 'torch' backend.", error)
         return False
     _cpu_kernel_loaded = True
     return True
@@ -431,6 +639,8 @@ def selective_scan(
 __all__ = [
     "BACKENDS",
     "BACKEND_ENV_VAR",
+    "BUILD_TIMEOUT_ENV_VAR",
+    "DEFAULT_BUILD_TIMEOUT",
     "TORCH_CHUNK_SIZE",
     "available_backends",
     "resolve_backend",
