@@ -10,7 +10,6 @@ import platform
 import onnxruntime
 import pytest
 import torch
-from torch.utils import cpp_extension
 
 import evonets
 from evonets import EvoNetForImageClassification, EvoNetSupernetConfig
@@ -136,7 +135,7 @@ def test_fingerprint_changes_nothing_in_the_process(monkeypatch):
         patched.setattr(allocator, "_kept", False)
         patched.setattr(scan_module, "_cpu_kernel_loaded", None)
         patched.setattr(ctypes, "CDLL", lambda *args, **kwargs: loaded.append(args))
-        patched.setattr(cpp_extension, "load", lambda *args, **kwargs: built.append(kwargs.get("name")))
+        patched.setattr(scan_module, "_build_and_load", lambda *args, **kwargs: built.append(args))
         threads = torch.get_num_threads()
         before = device_fingerprint(settings)
         device_fingerprint(LatencySettings(backend="onnxruntime", num_threads=2))
