@@ -106,6 +106,19 @@ def test_wrong_image_shape_and_bad_labels(tmp_path):
         )
 
 
+def test_a_one_class_dataset_names_the_class(tmp_path):
+    """Integer labels all 5: the old check counted classes 0..5 and trained a 6-way classifier on one class."""
+    import datasets
+    from PIL import Image
+
+    rows = {"image": [Image.new("L", (8, 8))] * 6, "label": [5] * 6}
+    datasets.Dataset.from_dict(rows).save_to_disk(tmp_path / "one_class")
+    with pytest.raises(
+        ValueError, match=r"data.label_column = 'label' is invalid: .*every one of the \d+ training rows has class '5'"
+    ):
+        load_data(DataConfig(source="load_from_disk", path=str(tmp_path / "one_class")), image_size=8)
+
+
 def test_epoch_sampler_is_a_pure_function_of_seed_and_epoch():
     sampler = EpochShuffleSampler(50, seed=3)
     sampler.set_epoch(2)

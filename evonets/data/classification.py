@@ -201,8 +201,13 @@ def check_labels(train, validation, config: DataConfig) -> list[str]:
                 f"found {bad!r} ({type(bad).__name__})."
             )
         names = [str(i) for i in range(int(max(values)) + 1)]
-    if len(names) < 2:
-        raise ValueError(f"Classification needs at least 2 classes; the train split has {names}.")
+    present = np.unique(np.asarray(train[config.label_column]))
+    if len(names) < 2 or len(present) < 2:
+        only = names[int(present[0])] if len(present) == 1 and 0 <= present[0] < len(names) else list(present)
+        raise ValueError(
+            f"Config field data.label_column = {config.label_column!r} is invalid: expected labels of at least 2 "
+            f"classes, but every one of the {len(train)} training rows has class {only!r} (classes named: {names})."
+        )
     for split_name, split in (("train", train), ("validation", validation)):
         labels = np.asarray(split[config.label_column])
         bad = np.flatnonzero((labels < 0) | (labels >= len(names)))
