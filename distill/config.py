@@ -231,7 +231,7 @@ class TrainerConfig:
     """Evaluate the largest and smallest subnets on the validation split every N steps (0: only at the end)."""
 
     save_every: int = 100
-    """`save_state` every N steps (0: no intermediate checkpoints)."""
+    """A checkpoint every N steps (0: no intermediate checkpoints)."""
 
     total_limit: int = 2
     """Checkpoints kept (older ones are deleted)."""

@@ -9,8 +9,8 @@ trained at its extremes), `first` takes each position's first allowed type (`Sea
 takes that type where allowed.
 
 All draws come from one `random.Random(seed)` owned by the sampler: no global state, identical on every process
-given the same seed, and saved with the checkpoint (`state_dict` / `load_state_dict`, registered with
-`accelerator.register_for_checkpointing`), so a resumed run draws the same subnets as an uninterrupted one.
+given the same seed, and saved with the checkpoint (`state_dict` / `load_state_dict`, written as JSON by
+`evonets.engine.checkpoints`), so a resumed run draws the same subnets as an uninterrupted one.
 
 Progressive shrinking (Once-for-All) makes genes elastic in phases: outside a phase's `elastic` list a gene stays
 at the step's largest value.

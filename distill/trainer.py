@@ -4,11 +4,11 @@
 one). `DistillRun` does it in five jobs:
 
 1. **setup**: one `Accelerator` (mixed precision, gradient accumulation, trackers, `ProjectConfiguration` with
-   automatic checkpoint naming under `<output_dir>/checkpoints/checkpoint_<i>`); data (`evonets.data.classification`),
+   logging under `<output_dir>/logs`); data (`evonets.data.classification`),
    teacher (`distill.teachers`; trained first by `distill.train_teacher` when `teacher.train_if_missing`), supernet
    and projectors (`distill.student`), all checked before the first step; one `accelerator.prepare(model, optimizer,
-   train_loader, val_loader, scheduler)`; the sandwich sampler and the loop's step counter registered for
-   checkpointing;
+   train_loader, val_loader, scheduler)`; a `CheckpointManager` over them, the sandwich sampler and the loop's step
+   counter;
 2. **resume** from the latest complete checkpoint (`trainer.resume`; `evonets.engine.checkpoints`), or **start**
    (the run's `config.yaml` and a `start` row);
 3. **steps** (`evonets.engine.training.TrainingLoop`, resuming inside the epoch with `skip_first_batches`): per
@@ -16,7 +16,8 @@ one). `DistillRun` does it in five jobs:
    accumulate; the largest's detached logits and projected features supervise the others:
    `distill.student.train_micro_step`), then one synchronised optimizer step;
 4. **log, evaluate, checkpoint** (`DistillCallback`): `train_log.jsonl` rows (an `evonets.engine.archive.JsonlArchive`,
-   keys sorted), trackers, progress bar, validation of fixed subnets, `save_state` every N steps;
+   keys sorted), trackers, progress bar, validation of fixed subnets, a checkpoint every N steps (safetensors and
+   JSON only, `<output_dir>/checkpoints/checkpoint_<i>`: `evonets.engine.checkpoints`);
 5. **finish**: the supernet folder `<output_dir>/supernet` (`save_pretrained`, config = search space, plus the image
    processor and `distill_summary.json`).
 
@@ -26,8 +27,9 @@ averaged across processes in one all-reduce before the optimizer step (several f
 unused parameters is what plain DDP hooks do not support).
 
 Reproducibility: data order is a pure function of (seed, epoch) (`EpochShuffleSampler`), subnets come from the
-checkpointed sampler, and `load_state` restores model, optimizer, scheduler and RNG states: on CPU a resumed run
-logs the same losses as an uninterrupted one.
+checkpointed sampler, and a checkpoint restores model, optimizer, scheduler and RNG states: on CPU a resumed run
+logs the same losses as an uninterrupted one. Resuming never unpickles anything (a crafted checkpoint cannot run
+code).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from torch import nn
 
 from evonets.data.classification import collate, load_data, training_loader
 from evonets.engine.archive import JsonlArchive
-from evonets.engine.checkpoints import resolve_resume, restore_checkpoint, save_checkpoint
+from evonets.engine.checkpoints import CheckpointManager, resolve_resume
 from evonets.engine.evaluation import eval_mode, evaluate
 from evonets.engine.training import Callback, TrainingLoop, TrainState, parameter_groups, torch_threads
 from evonets.models.supernet import EvoNetSupernet
@@ -150,8 +152,8 @@ class DistillRun:
     # Setup ----------------------------------------------------------------------------------------------------
 
     def setup(self) -> None:
-        """Data, teacher, student, optimizer, scheduler and loaders, prepared; the sampler and the step counter
-        registered for checkpointing."""
+        """Data, teacher, student, optimizer, scheduler and loaders, prepared; the sampler; the checkpoints of the
+        model, optimizer, scheduler, sampler and step counter."""
         config = self.config
         space_config = build_space_config(config.supernet, num_labels=2)
         self.image_size = config.data.image_size or max(space_config.resolution_choices)
@@ -175,7 +177,15 @@ class DistillRun:
             sampling.shrink_schedule,
             self.settings.max_steps,
         )
-        self.accelerator.register_for_checkpointing(self.sampler, self.state)
+        self.checkpoints = CheckpointManager(
+            self.accelerator,
+            self.output_dir,
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            {"sampler": self.sampler, "train_state": self.state},
+            total_limit=self.settings.total_limit,
+        )
 
     def ensure_teacher(self) -> None:
         """Train the teacher first (main process) when `teacher.train_if_missing` and its folder does not exist."""
@@ -250,7 +260,7 @@ class DistillRun:
 
     def resume(self) -> None:
         """Load the checkpoint (weights, optimizer, scheduler, RNG, sampler, step counter) and say so in the log."""
-        restore_checkpoint(self.accelerator, self.resume_from, self.output_dir)
+        self.checkpoints.restore(self.resume_from)
         changed = config_changes(self.output_dir / "config.yaml", self.config)
         if changed:
             self.log.say(f"warning: resuming with a config that differs from the run's config.yaml in {changed}")
@@ -266,7 +276,8 @@ class DistillRun:
         )
 
     def start(self) -> None:
-        """Write the run's `config.yaml` and the `start` row."""
+        """Write the run's `config.yaml` and the `start` row (after deleting checkpoints left half-written)."""
+        self.checkpoints.start()
         if self.main:
             (self.output_dir / "config.yaml").write_text(to_yaml(self.config))
         self.log.write(
@@ -393,7 +404,7 @@ class DistillCallback(Callback):
         if (settings.eval_every and step % settings.eval_every == 0) or last:
             self.evaluate(step)
         if settings.save_every and step % settings.save_every == 0:
-            path = save_checkpoint(self.run.accelerator, loop.state)
+            path = self.run.checkpoints.save()
             self.run.log.write({"event": "checkpoint", "step": step, "path": str(path)})
             self.window_start = time.perf_counter()
 
@@ -435,7 +446,8 @@ class DistillCallback(Callback):
 
 def make_accelerator(settings: TrainerConfig, output_dir: Path):
     """The run's `Accelerator`: gradient accumulation counted by the loop's micro-batches, the scheduler stepped by
-    hand, trackers, and automatic checkpoint naming under `<output_dir>/checkpoints` (`total_limit` kept)."""
+    hand, trackers logging under `<output_dir>/logs`. (Checkpoints are `CheckpointManager`'s, not `save_state`'s:
+    those unpickle on load.)"""
     from accelerate import Accelerator
     from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration
 
@@ -448,12 +460,7 @@ def make_accelerator(settings: TrainerConfig, output_dir: Path):
         step_scheduler_with_optimizer=False,
         log_with=resolve_trackers(settings.log_with),
         project_dir=str(output_dir),
-        project_config=ProjectConfiguration(
-            project_dir=str(output_dir),
-            logging_dir=str(output_dir / "logs"),
-            automatic_checkpoint_naming=True,
-            total_limit=settings.total_limit,
-        ),
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
     )
 
 

@@ -230,6 +230,9 @@ def test_two_process_run_on_cpu_with_gloo(digits_setup, tmp_path):
     assert [row.get("event") for row in rows].count("end") == 1  # one writer
     assert rows[-1]["ranks_in_sync"] is True
     assert sorted(p.name for p in (output / "checkpoints").iterdir()) == ["checkpoint_0", "checkpoint_1"]
+    written = {p.name for p in (output / "checkpoints" / "checkpoint_1").iterdir()}
+    assert {"rng_state_0.json", "rng_state_1.json", "model.safetensors", "distill_state.json"} <= written
+    assert all(name.endswith((".json", ".safetensors")) for name in written)
 
     single = tmp_path / "single"
     _run([*common, "--trainer.batch_size", "32", "--trainer.output_dir", str(single)])
@@ -265,16 +268,27 @@ def test_two_process_run_on_cpu_with_gloo(digits_setup, tmp_path):
     supernet = EvoNetSupernet.from_pretrained(output / "supernet")
     assert supernet.config.num_labels == 10
 
+    # Both ranks resume from the checkpoint the main process wrote (each its own random state): two more steps.
+    result = subprocess.run(
+        [*command, "--trainer.max_steps", "6"], check=False, env=_env(), capture_output=True, text=True, timeout=900
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = _rows(output / "train_log.jsonl")
+    assert [row["step"] for row in rows if row.get("event") == "resume"] == [4]
+    assert sorted(_losses(output / "train_log.jsonl")) == [1, 2, 3, 4, 5, 6]
+    assert rows[-1]["event"] == "end" and rows[-1]["step"] == 6 and rows[-1]["ranks_in_sync"] is True
+
 
 def test_resume_picks_the_latest_complete_checkpoint(tmp_path):
     from distill.config import TrainerConfig
-    from evonets.engine.checkpoints import CHECKPOINT_MARKER, find_checkpoints, resolve_resume
+    from evonets.engine.checkpoints import CHECKPOINT_MARKER, FORMAT, VERSION, find_checkpoints, resolve_resume
 
     folder = tmp_path / "checkpoints"
     for index in (0, 1, 2, 10):
         (folder / f"checkpoint_{index}").mkdir(parents=True)
     for index in (0, 2):  # 1 and 10 were interrupted while being written
-        (folder / f"checkpoint_{index}" / CHECKPOINT_MARKER).write_text("{}")
+        manifest = {"format": FORMAT, "version": VERSION, "files": []}
+        (folder / f"checkpoint_{index}" / CHECKPOINT_MARKER).write_text(json.dumps(manifest))
     complete, incomplete = find_checkpoints(tmp_path)
     assert [p.name for p in complete] == ["checkpoint_0", "checkpoint_2"]
     assert [p.name for p in incomplete] == ["checkpoint_1", "checkpoint_10"]

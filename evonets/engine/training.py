@@ -40,7 +40,7 @@ _NO_DECAY_LEAVES = ("A_log", "D")
 
 
 class TrainState:
-    """The step counters, registered for checkpointing (`accelerator.register_for_checkpointing`)."""
+    """The step counters, saved in checkpoints (`evonets.engine.checkpoints.CheckpointManager`, as JSON)."""
 
     def __init__(self):
         self.step = 0  # optimizer steps done
