@@ -8,6 +8,7 @@ types cannot and raises `ValueError` naming the field and the allowed values bef
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -49,6 +50,14 @@ class EvolutionConfig:
     save_every: int = 10
     """Write the optimizer's random state to `search_state.json` every N results (and at the end)."""
 
+    tell_order: Literal["arrival", "ask"] = "arrival"
+    """When the optimizer hears of a result. `arrival` (default, fastest): as soon as it finishes, so the run depends
+    on which evaluation finishes first and the same command and seed can give different fronts. `ask`: strictly in
+    the order the candidates were asked, with at most `pool.workers` x ranks + 1 candidates asked and not yet told;
+    results that finish early wait (and a worker can idle behind a slow one), and the run is deterministic: the same
+    config, seed and number of workers give the same archive, also across a kill and resume (with `latency.mode: lut`
+    and a deterministic evaluator; measured latency varies from run to run)."""
+
 
 @dataclass
 class FitnessConfig:
@@ -89,6 +98,12 @@ class PoolConfig:
 
     heartbeat_timeout: float = 60.0
     """Seconds without a heartbeat after which a remote rank's worker counts as dead."""
+
+    bind_address: str | None = None
+    """Where rank 0's pool store (unauthenticated TCP: see docs/search.md) listens. None: loopback (127.0.0.1) when
+    every rank runs on this machine, else the interface of `MASTER_ADDR` (where the launcher's rendezvous already
+    listens). Or an interface name (`eth0`), an address of this machine, or a host name resolving to one; `0.0.0.0`
+    listens on every interface. Only rank 0 uses it."""
 
 
 @dataclass
@@ -171,6 +186,16 @@ class SearchConfig:
         self.latency.validate()
         check_field(self.pool.workers >= 1, "pool.workers", self.pool.workers, "an integer >= 1")
         check_field(self.pool.max_retries >= 0, "pool.max_retries", self.pool.max_retries, "an integer >= 0")
+        check_field(
+            evolution.tell_order in ("arrival", "ask"), "search.tell_order", evolution.tell_order, "'arrival' or 'ask'"
+        )
+        if self.pool.bind_address is not None and int(os.environ.get("RANK", "0")) == 0:  # it binds on rank 0 only
+            from search.pool import resolve_bind_address
+
+            try:
+                resolve_bind_address(self.pool.bind_address)
+            except ValueError as error:
+                raise ValueError(f"Config field pool.{error}") from None
         return self
 
     @property

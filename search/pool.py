@@ -23,9 +23,18 @@ under `accelerate launch`, or `torchrun`) and every other rank calls `serve(make
 included, runs `workers` worker processes.
 
 **Transport.** One mechanism for local and remote workers: a `torch.distributed.TCPStore` served by rank 0 on a port
-chosen by the OS (rank 0 broadcasts its host and port to the other ranks with one `dist.broadcast` of an int tensor;
-the store listens on all interfaces, so it works across machines). Every message is a JSON string in one of the
-store's FIFO queues (`queue_push` / blocking `queue_pop`); nothing is pickled across the wire.
+chosen by the OS (rank 0 broadcasts its host and port to the other ranks with one `dist.broadcast` of an int tensor).
+Every message is a JSON string in one of the store's FIFO queues (`queue_push` / blocking `queue_pop`); nothing is
+pickled across the wire.
+
+**Who can reach the store.** The store has no authentication: whoever can open a TCP connection to it can read and
+inject messages (tasks, results), so the pool binds it as narrowly as the run allows (`resolve_bind_address`). When
+every rank runs on this machine (one process, or `LOCAL_WORLD_SIZE == WORLD_SIZE` as `torchrun` / `accelerate launch`
+set it, or a loopback `MASTER_ADDR`) it listens on loopback (127.0.0.1) only. Across machines it listens on the one
+interface named by `bind_address` (an interface name such as `eth0`, an address of this machine, or a host name that
+resolves to one), by default the interface whose address `MASTER_ADDR` resolves to: the network on which the
+launcher's own rendezvous store (equally unauthenticated) already listens. `"0.0.0.0"` / `"::"` listen everywhere, and
+only when asked. Keep multi-machine runs on a private network or behind a firewall (see `docs/search.md`).
 
 - `dmmpe/events`: everything that happens, read by one dispatcher thread on rank 0, which owns the pool's state. A
   worker announces `ready` once its evaluator is built and sends a `result` after each task (which also means
@@ -54,6 +63,7 @@ from __future__ import annotations
 
 import collections
 import datetime
+import ipaddress
 import json
 import multiprocessing
 import multiprocessing.connection
@@ -84,6 +94,11 @@ _CONNECT_TIMEOUT = datetime.timedelta(seconds=60)
 _BLOCK_FOREVER = datetime.timedelta(days=365)  # blocking pops wait for a message, not for a clock
 _ADDRESS_BYTES = 256  # room for the host name in the broadcast address tensor
 
+LOOPBACK = "127.0.0.1"
+"""Where the pool's store listens when every rank runs on this machine."""
+
+_EVERY_INTERFACE = ("0.0.0.0", "::")
+
 
 def _inbox(worker_id: str) -> str:
     return f"dmmpe/inbox/{worker_id}"
@@ -106,6 +121,115 @@ def _push(store: dist.TCPStore, queue: str, message: dict) -> None:
 
 def _pop(store: dist.TCPStore, queue: str) -> dict:
     return json.loads(store.queue_pop(queue))
+
+
+# Where the store listens --------------------------------------------------------------------------------------
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _one_machine(world_size: int) -> bool:
+    """Whether every rank runs on this machine, as far as the launcher's environment says."""
+    if world_size == 1:
+        return True
+    local = os.environ.get("LOCAL_WORLD_SIZE", "")
+    return (local.isdigit() and int(local) == world_size) or _is_loopback(os.environ.get("MASTER_ADDR", ""))
+
+
+def _interface_address(name: str) -> str | None:
+    """The IPv4 address of network interface `name` (Linux `SIOCGIFADDR`), None when it has none."""
+    import fcntl
+    import struct
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            reply = fcntl.ioctl(probe.fileno(), 0x8915, struct.pack("256s", name.encode()[:15]))
+        except OSError:
+            return None
+    return socket.inet_ntoa(reply[20:24])
+
+
+def _listen(address: str) -> socket.socket:
+    """A TCP socket bound to `address` on a port chosen by the OS, listening."""
+    family = socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if address == "::":
+            listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # IPv4 too, as "every interface" says
+        listener.bind((address, 0))
+        listener.listen(socket.SOMAXCONN)
+    except BaseException:
+        listener.close()
+        raise
+    return listener
+
+
+def _local_addresses(host: str) -> list[str]:
+    """The addresses `host` (an IP address or a host name) resolves to that a socket of this machine can bind."""
+    try:
+        candidates = [str(ipaddress.ip_address(host))]
+    except ValueError:
+        try:
+            found = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+        except OSError:
+            return []
+        candidates = list(dict.fromkeys(info[4][0] for info in found))
+    bindable = []
+    for address in candidates:
+        try:
+            _listen(address).close()
+        except OSError:
+            continue
+        bindable.append(address)
+    return bindable
+
+
+def resolve_bind_address(bind_address: str | None = None, world_size: int = 1) -> tuple[str, str]:
+    """`(listen, advertise)`: the address the pool's store listens on, and the host the other ranks connect to.
+
+    `bind_address` None: loopback when every rank runs on this machine (see the module docstring), else the interface
+    of this machine whose address `MASTER_ADDR` resolves to. Otherwise an interface name (`eth0`; its IPv4 address),
+    an IP address of this machine, a host name resolving to one, or `"0.0.0.0"` / `"::"` for every interface. Raises
+    `ValueError` naming `bind_address` when nothing of this machine matches.
+    """
+    source = f"bind_address = {bind_address!r}"
+    if bind_address is None:
+        if _one_machine(world_size):
+            return LOOPBACK, LOOPBACK
+        master = os.environ.get("MASTER_ADDR", "")
+        if not master:
+            raise ValueError(
+                f"{source} is invalid for a run of {world_size} ranks on several machines without MASTER_ADDR: "
+                "expected an interface name or an address of this machine for the evaluation pool to listen on."
+            )
+        bind_address, source = master, f"bind_address = None (the interface of MASTER_ADDR = {master!r})"
+    if not isinstance(bind_address, str) or not bind_address.strip() or bind_address != bind_address.strip():
+        raise ValueError(
+            f"{source} is invalid: expected an interface name, an address of this machine, or a host name that "
+            "resolves to one."
+        )
+    if bind_address in _EVERY_INTERFACE:
+        return bind_address, os.environ.get("MASTER_ADDR") or socket.getfqdn()
+    interfaces = [name for _, name in socket.if_nameindex()] if hasattr(socket, "if_nameindex") else []
+    if bind_address in interfaces:
+        address = _interface_address(bind_address)
+        if address is None:
+            raise ValueError(f"{source} is invalid: interface {bind_address!r} has no IPv4 address.")
+        return address, address
+    addresses = _local_addresses(bind_address)
+    if not addresses:
+        raise ValueError(
+            f"{source} is invalid: expected an interface name (here: {', '.join(interfaces) or 'none found'}), an "
+            "address of this machine, or a host name that resolves to one; nothing of this machine can listen there."
+        )
+    return addresses[0], addresses[0]
 
 
 def _default_threads(workers: int) -> int:
@@ -303,6 +427,8 @@ class EvaluationPool:
         heartbeat_timeout: seconds of silence after which a remote rank counts as gone.
         threads_per_worker: `torch.set_num_threads` in each worker (default: the cores shared by the workers of all
             ranks on this machine, at least 1).
+        bind_address: where the pool's store listens (see `resolve_bind_address`): None for loopback when every rank
+            runs on this machine, else the interface of `MASTER_ADDR`; or an interface name or address to use.
 
     See the module docstring for the protocol. Use it as a context manager, or call `close()`.
     """
@@ -316,6 +442,7 @@ class EvaluationPool:
         max_retries: int = 2,
         heartbeat_timeout: float = 60.0,
         threads_per_worker: int | None = None,
+        bind_address: str | None = None,
     ):
         _check_int_at_least("workers", workers, 1)
         _check_int_at_least("max_retries", max_retries, 0)
@@ -359,19 +486,36 @@ class EvaluationPool:
         self._ranks = {rank: _Rank(workers, last_heartbeat=now) for rank in range(world_size)}
         self._hello = {0}
 
-        self._server = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=_CONNECT_TIMEOUT)
-        port = self._server.port
+        listen, advertise = resolve_bind_address(bind_address, world_size)
+        # TCPStore itself listens on every interface; handed a socket bound to one address, it listens there only.
+        listener = _listen(listen)
+        port = listener.getsockname()[1]
+        try:
+            self._server = dist.TCPStore(
+                listen,
+                port,
+                is_master=True,
+                wait_for_workers=False,
+                timeout=_CONNECT_TIMEOUT,
+                master_listen_fd=listener.fileno(),
+            )
+        except BaseException:
+            listener.close()
+            raise
+        listener.detach()  # the store owns the socket now
+        self.address = (listen, port)  # where the pool's store listens
         self._server.set_timeout(_BLOCK_FOREVER)
-        self._client = _connect("127.0.0.1", port)  # submit() and close(), from the caller's thread
+        here = {"0.0.0.0": LOOPBACK, "::": "::1"}.get(listen, listen)  # how this machine's processes reach it
+        self._client = _connect(here, port)  # submit() and close(), from the caller's thread
         self._dispatcher = threading.Thread(
-            target=self._dispatch, args=(_connect("127.0.0.1", port),), name="dmmpe-dispatcher", daemon=True
+            target=self._dispatch, args=(_connect(here, port),), name="dmmpe-dispatcher", daemon=True
         )
         self._dispatcher.start()
         if world_size > 1:
-            _broadcast_address(os.environ.get("MASTER_ADDR") or socket.getfqdn(), port)
+            _broadcast_address(advertise, port)
         self._local: _WorkerGroup | None = None
         try:
-            self._local = _WorkerGroup("127.0.0.1", port, 0, workers, make_evaluator, threads_per_worker).start()
+            self._local = _WorkerGroup(here, port, 0, workers, make_evaluator, threads_per_worker).start()
             self._await_ranks()
         except BaseException:
             self.close()
@@ -665,4 +809,4 @@ def serve(
     store.queue_push(_STOPPED, str(rank))
 
 
-__all__ = ["HEARTBEAT_SECONDS", "EvaluationPool", "serve"]
+__all__ = ["HEARTBEAT_SECONDS", "LOOPBACK", "EvaluationPool", "resolve_bind_address", "serve"]

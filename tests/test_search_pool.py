@@ -11,6 +11,7 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,7 +21,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from search.pool import EvaluationPool, serve
+from search.pool import EvaluationPool, resolve_bind_address, serve
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -228,6 +229,64 @@ def test_pool_rejects_bad_arguments(kwargs, field):
         EvaluationPool(make_test_evaluator, **kwargs)
 
 
+# Where the store listens ---------------------------------------------------------------------------------------
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """The local addresses of the TCP sockets listening on `port` (`/proc/net/tcp`, `/proc/net/tcp6`)."""
+    found = set()
+    for table, family in (("/proc/net/tcp", socket.AF_INET), ("/proc/net/tcp6", socket.AF_INET6)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.split(":")
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                raw = bytes.fromhex(address)
+                words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))  # each 32-bit word is host order
+                found.add(socket.inet_ntop(family, words))
+    return found
+
+
+def test_store_listens_on_loopback_only_in_a_one_machine_run(pool):
+    host, port = pool.address
+    assert host == "127.0.0.1"
+    assert _listening_addresses(port) == {"127.0.0.1"}  # not 0.0.0.0 or ::, which every machine on the network reaches
+
+
+def test_bind_address_choices(monkeypatch):
+    for name in ("LOCAL_WORLD_SIZE", "MASTER_ADDR"):
+        monkeypatch.delenv(name, raising=False)
+    assert resolve_bind_address(None) == ("127.0.0.1", "127.0.0.1")
+    assert resolve_bind_address("lo") == ("127.0.0.1", "127.0.0.1")  # an interface name
+    assert resolve_bind_address("127.0.0.1", world_size=2) == ("127.0.0.1", "127.0.0.1")
+    assert resolve_bind_address("localhost")[0] in ("127.0.0.1", "::1")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.2")
+    assert resolve_bind_address("0.0.0.0", world_size=2) == ("0.0.0.0", "127.0.0.2")  # every interface: asked for
+    # several ranks: loopback when the launcher says they all run here, else the interface of MASTER_ADDR
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setenv("MASTER_ADDR", "192.0.2.123")
+    assert resolve_bind_address(None, world_size=2) == ("127.0.0.1", "127.0.0.1")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    with pytest.raises(ValueError, match=r"bind_address = None \(the interface of MASTER_ADDR = '192.0.2.123'\)"):
+        resolve_bind_address(None, world_size=2)  # TEST-NET-1: no address of this machine
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    assert resolve_bind_address(None, world_size=2) == ("127.0.0.1", "127.0.0.1")
+    monkeypatch.delenv("MASTER_ADDR")
+    with pytest.raises(ValueError, match="bind_address = None .* without MASTER_ADDR"):
+        resolve_bind_address(None, world_size=2)
+    for bad in ("192.0.2.123", "", " lo", 5):
+        with pytest.raises(ValueError, match="bind_address = .* is invalid"):
+            resolve_bind_address(bad)
+
+
+def test_a_bad_bind_address_is_a_clear_error():
+    with pytest.raises(ValueError, match="bind_address = '192.0.2.123' is invalid: expected an interface name"):
+        EvaluationPool(make_test_evaluator, bind_address="192.0.2.123")
+    from search.config import PoolConfig, SearchConfig
+
+    with pytest.raises(ValueError, match=r"Config field pool\.bind_address = '192.0.2.123' is invalid"):
+        SearchConfig(supernet="runs/x", pool=PoolConfig(bind_address="192.0.2.123")).validate()
+
+
 def test_evaluator_that_cannot_be_built_fails_the_pool():
     error = "could not build its evaluator: OSError: no supernet"
     with EvaluationPool(make_failing_evaluator, workers=1) as pool, pytest.raises(RuntimeError, match=error):
@@ -297,8 +356,6 @@ def test_rank_gone_requeues_its_task(tmp_path):
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
