@@ -9,6 +9,10 @@
   `pareto.png` (the supernet's own folder belongs to the distillation and may serve several runs, so it is not
   written to).
 
+Nothing is written outside the run folder: the model folders come from `RunFolder.model_dir` and the supernet card's
+folder is checked the same way (`search.run_folder.inside`), so a `pareto.json` or a symlink pointing elsewhere is a
+`ValueError` naming it.
+
 Everything on a card is read from the run folder and what it points to, through the search's reader of run folders
 (`search.run_folder`, the only part of `search` this package uses); what is missing is said to be missing. The
 metrics go into the card's `model-index` metadata (`EvalResult`s), which the Hub shows and
@@ -28,7 +32,7 @@ from pathlib import Path
 import jinja2
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from search.run_folder import PLOT, RankCheck, RunFolder, find_rank_check, load_run
+from search.run_folder import PLOT, RankCheck, RunFolder, find_rank_check, inside, load_run
 
 from .export import ONNX_REPORT
 
@@ -569,7 +573,7 @@ def write_model_card(run: RunFolder, member: dict, **options) -> Path:
 
 def write_supernet_card(run: RunFolder, **options) -> Path:
     """`README.md` and a copy of the run's `pareto.png` into `<run>/supernet_card/`; returns the README's path."""
-    folder = run.path / SUPERNET_CARD_DIR
+    folder = inside(run.path, SUPERNET_CARD_DIR, f"the supernet card folder {SUPERNET_CARD_DIR!r}")
     folder.mkdir(exist_ok=True)
     if (run.path / PLOT).is_file():
         shutil.copyfile(run.path / PLOT, folder / PLOT)

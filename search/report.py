@@ -5,6 +5,7 @@
 - `pareto.csv`: the front as a table; `pareto.png`: every evaluation, the front highlighted, the constraint lines;
 - `models/<hash>/`: each front member as a standalone `EvoNetForImageClassification` (`supernet.extract(arch)
   .save_pretrained`, with the image processor and `search_result.json`: encoding, metrics, latency + fingerprint);
+  the hash is checked first (`run_folder.model_folder`), so a damaged archive cannot name a folder elsewhere;
 - `summary.md`: what was searched, how long it took, the front, the stand-alone check.
 
 The stand-alone check reloads the most accurate front member from its folder with `from_pretrained` (no supernet),
@@ -20,7 +21,18 @@ from pathlib import Path
 
 import torch
 
-from .run_folder import MODELS, PARETO, PARETO_CSV, PLOT, SEARCH_RESULT, STANDALONE_CHECK, SUMMARY, plot_front
+from .run_folder import (
+    ARCHIVE,
+    MODELS,
+    PARETO,
+    PARETO_CSV,
+    PLOT,
+    SEARCH_RESULT,
+    STANDALONE_CHECK,
+    SUMMARY,
+    model_folder,
+    plot_front,
+)
 
 _UNITS = {"error": "{:.4f}", "latency_ms": "{:.3f}", "macs": "{:,.0f}", "params": "{:,.0f}"}
 
@@ -119,6 +131,8 @@ def write_outputs(result, config, supernet, supernet_dir: Path, info: dict, orac
     """Write the run folder's outputs (see the module docstring) for `result`, and print the front."""
     output_dir = Path(result.output_dir)
     objectives = list(config.search.objectives)
+    for record in result.front:  # a hash read back from the archive becomes a folder name only once checked
+        model_folder(output_dir, record["hash"], f"{output_dir / ARCHIVE}: result {record['index']} field 'hash'")
     for record in result.front:
         record["model_dir"] = f"{MODELS}/{record['hash']}"
         if config.export_front:

@@ -21,6 +21,15 @@ to the folder the run was started from, or point into a folder that was copied e
 are, then against each ancestor of an anchor folder (the run folder for the supernet, the supernet folder for the
 teacher).
 
+Damaged or tampered folders. `read_archive` skips a line that is not a well-formed record (and a second result of
+one index) with a warning naming the file and the line: the run never writes such a line, and a skipped result's
+candidate stays in flight, so a resume evaluates it again and nothing acknowledged is lost. A JSON file that does not
+parse (`read_json`, `read_search_state`) is a `ValueError` naming it and saying what to do. Every path made from a
+run folder's files stays inside it: an architecture hash must be the search space's (`HASH_PATTERN`) before it
+becomes `models/<hash>`, and `inside` refuses a path (`pareto.json`'s `model_dir`, a symlink) that resolves
+elsewhere, so neither the search nor `hub_cards` ever writes outside the run folder. While a run writes the folder
+it holds `RUN_LOCK` (`evonets.engine.archive.locked_folder`).
+
 This module is what `hub_cards` knows of `search`: it imports nothing of the search's machinery (no torch, no
 nevergrad, no distill).
 """
@@ -53,12 +62,66 @@ STANDALONE_CHECK = "standalone_check.json"
 SEARCH_RESULT = "search_result.json"
 MODELS = "models"
 RANK_CHECK = "rank_check.json"
+RUN_LOCK = ".lock"
+"""The lock file a run holds while it writes the folder (`evonets.engine.archive.locked_folder`)."""
+
+HASH_PATTERN = re.compile(r"[0-9a-f]{12}")
+"""An architecture's hash, as `SearchSpace.hash` makes it: the first 12 hex digits of its encoding's SHA-256."""
+
+_REMEDIES = {
+    RUN_INFO: (
+        "it pins the settings the archived results depend on. Restore it, or delete it to pin the folder to the "
+        "settings of the next run (only if they are this run's), or choose a new output_dir"
+    ),
+    STATE: (
+        f"it holds the optimizer's random state. Delete it to resume from {ARCHIVE} with a fresh random state: no "
+        "result is lost, but the rest of the search will not be the one an uninterrupted run would have made"
+    ),
+    PARETO: (
+        f"it is written at the end of a search. Run the search again with the same command and output_dir: it "
+        f"resumes from {ARCHIVE} without evaluating again and rewrites it"
+    ),
+}
 
 OBJECTIVES = ("error", "latency_ms", "macs", "params")
 """What the search can minimise: validation error (1 - accuracy), latency in ms, MACs, parameters."""
 
 _COMPARISONS = {"<=": operator.le, "<": operator.lt}
 _CONSTRAINT = re.compile(r"^\s*([a-z_]+)\s*(<=|<)\s*([0-9.eE+-]+)\s*$")
+
+
+# Paths from a run folder's files -------------------------------------------------------------------------------
+
+
+def check_hash(value, where: str) -> str:
+    """`value` if it is an architecture hash (`HASH_PATTERN`); `ValueError` naming `where` (the file and field) else."""
+    if not isinstance(value, str) or not HASH_PATTERN.fullmatch(value):
+        raise ValueError(
+            f"{where} has hash {value!r}, which is not an architecture hash (12 lowercase hex digits, as "
+            "SearchSpace.hash makes them): the file is damaged or was edited; it is not used as a folder name."
+        )
+    return value
+
+
+def inside(run_dir: str | Path, relative, where: str) -> Path:
+    """`run_dir / relative`, checked to resolve (symlinks followed) inside the run folder `run_dir`; `ValueError`
+    naming `where` (the file and field the path came from) otherwise."""
+    run_dir = Path(run_dir)
+    if not isinstance(relative, (str, Path)) or not str(relative):
+        raise ValueError(f"{where} is {relative!r}: expected a path relative to the run folder {run_dir}.")
+    path = run_dir / relative
+    root = run_dir.resolve()
+    if not path.resolve().is_relative_to(root):
+        raise ValueError(
+            f"{where} is {str(relative)!r}, which resolves to {path.resolve()}, outside the run folder {root}: "
+            "paths of a run folder must stay inside it (the file is damaged or was edited); nothing was written there."
+        )
+    return path
+
+
+def model_folder(run_dir: str | Path, model_hash, where: str) -> Path:
+    """`<run_dir>/models/<hash>`, with the hash and the folder checked (`check_hash`, `inside`)."""
+    return inside(run_dir, f"{MODELS}/{check_hash(model_hash, where)}", where)
 
 
 # Result records -----------------------------------------------------------------------------------------------
@@ -148,13 +211,27 @@ class ArchiveReplay:
         return max([r["index"] + 1 for r in self.results] + [i + 1 for i in self.asked] + [0])
 
 
-def read_archive(path: str | Path) -> ArchiveReplay:
-    """Replay the archive at `path` (a missing file is an empty archive)."""
+def read_archive(path: str | Path, hash_of=None) -> ArchiveReplay:
+    """Replay the archive at `path` (a missing file is an empty archive).
+
+    A line that is not a well-formed record, and a result of an index already read, are skipped with a warning naming
+    the file and the line (see the module docstring). `hash_of` (encoding -> hash; the resume passes the search
+    space's) also skips a record whose encoding is not an architecture of the space, and a result whose hash is not
+    its encoding's (so it never becomes a model folder).
+    """
     replay = ArchiveReplay()
-    for record in JsonlArchive(path).records():
+    told: set[int] = set()
+    for number, record in JsonlArchive(path).numbered_records():
+        problem = _record_problem(record, hash_of)
+        if problem is None and record["kind"] == "result" and record["index"] in told:
+            problem = f"a second result of index {record['index']} (counted once: the first is kept)"
+        if problem is not None:
+            logger.warning("%s, line %d: skipping %s", path, number, problem)
+            continue
         if record["kind"] == "ask":
             replay.asked[record["index"]] = record
         elif record["kind"] == "result":
+            told.add(record["index"])
             replay.asked.pop(record["index"], None)
             replay.results.append(record)
             if record["latency"]["source"] == "measured":
@@ -164,6 +241,63 @@ def read_archive(path: str | Path) -> ArchiveReplay:
         elif record["kind"] == "latency":
             replay.measured[record["hash"]] = record["measurement"]
     return replay
+
+
+_FIELDS = {
+    "ask": {"index": int, "encoding": str},
+    "result": {
+        "index": int,
+        "hash": str,
+        "encoding": str,
+        "metrics": dict,
+        "objectives": dict,
+        "latency": dict,
+        "violations": list,
+        "feasible": bool,
+    },
+    "latency": {"hash": str, "measurement": dict},
+}
+_NUMBERS = {
+    "metrics": ("accuracy", "macs", "params"),
+    "latency": ("ms",),
+    "measurement": ("median_ms", "iqr_ms"),
+}
+
+
+def _record_problem(record: dict, hash_of=None) -> str | None:
+    """What makes `record` not an archive record (None if it is one): its kind, its fields and their types."""
+    kind = record.get("kind")
+    if kind not in _FIELDS:
+        return f"a line that is not a record (kind {kind!r}; expected one of {sorted(_FIELDS)})"
+    for name, expected in _FIELDS[kind].items():
+        value = record.get(name)
+        if not isinstance(value, expected) or (expected is int and (isinstance(value, bool) or value < 0)):
+            return f"a malformed {kind} record (field {name!r} is {value!r}, expected {expected.__name__})"
+    for name, keys in _NUMBERS.items():
+        fields = record.get(name, {})
+        for key in keys if name in record else ():
+            if isinstance(fields.get(key), bool) or not isinstance(fields.get(key), (int, float)):
+                return f"a malformed {kind} record (field {name}.{key} is {fields.get(key)!r}, expected a number)"
+    if kind == "result":
+        source = record["latency"].get("source")
+        if not isinstance(source, str):
+            return "a malformed result record (field latency.source is missing)"
+        iqr_ms = record["latency"].get("iqr_ms")
+        if source == "measured" and (isinstance(iqr_ms, bool) or not isinstance(iqr_ms, (int, float))):
+            return f"a malformed result record (a measured latency with latency.iqr_ms {iqr_ms!r})"
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in record["objectives"].values()):
+            return f"a malformed result record (field objectives is {record['objectives']!r}, expected numbers)"
+    if kind in ("ask", "result") and hash_of is not None:
+        try:
+            expected_hash = hash_of(record["encoding"])
+        except Exception as error:  # noqa: BLE001 (a damaged encoding fails in assorted ways)
+            return f"an {kind} whose encoding {record['encoding']!r} is not an architecture of the space ({error})"
+        if kind == "result" and record["hash"] != expected_hash:
+            return (
+                f"a result whose field 'hash' {record['hash']!r} is not its encoding's hash {expected_hash!r} "
+                "(the candidate is evaluated again)"
+            )
+    return None
 
 
 def read_results(path: str | Path, constraints: Sequence[Constraint]) -> list[dict]:
@@ -281,8 +415,47 @@ def locate(text: str | None, anchors: list[Path]) -> Path | None:
 
 
 def read_json(path: Path) -> dict | None:
-    """The JSON file at `path`, or None if there is none."""
-    return json.loads(path.read_text()) if path.is_file() else None
+    """The JSON object in the file at `path`, or None if there is none; a file that does not parse, or holds something
+    else than an object, is a `ValueError` naming it and saying what to do (for the run folder's own files)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    remedy = _REMEDIES.get(path.name, "restore it, or delete it if it is optional")
+    try:
+        value = json.loads(path.read_text(encoding="utf-8", errors="replace"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON ({error}): the file is damaged; {remedy}.") from None
+    if not isinstance(value, dict):  # a damaged file, like one that does not parse: a ValueError
+        raise ValueError(  # noqa: TRY004
+            f"{path} holds {_json_kind(value)}, expected a JSON object: the file is damaged; {remedy}."
+        )
+    return value
+
+
+def _json_kind(value) -> str:
+    """What a JSON value is, in JSON's words ("an array", "null", ...)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    kinds = {list: "an array", str: "a string", int: "a number", float: "a number", dict: "an object"}
+    return kinds.get(type(value), type(value).__name__)
+
+
+def read_search_state(path: Path) -> dict | None:
+    """The optimizer state file (`search_state.json`: `asked` and `random_state`) checked, or None if there is none;
+    `ValueError` naming it and saying what to do when it is damaged."""
+    state = read_json(path)
+    if state is not None and (
+        not isinstance(state.get("asked"), int)
+        or not isinstance(state.get("random_state"), list)
+        or len(state["random_state"]) != 5
+    ):
+        raise ValueError(
+            f"{path} is not a search state (expected 'asked' and a 5-entry 'random_state'): the file is damaged; "
+            f"{_REMEDIES[STATE]}."
+        )
+    return state
 
 
 def is_run_folder(path: str | Path) -> bool:
@@ -345,7 +518,14 @@ class RunFolder:
         return max(self.front, key=lambda member: member["metrics"]["accuracy"])
 
     def model_dir(self, member: dict) -> Path:
-        folder = self.path / member.get("model_dir", f"{MODELS}/{member['hash']}")
+        """The member's model folder: `pareto.json`'s `model_dir` (relative to the run folder), else
+        `models/<hash>`; both are checked to stay inside the run folder (`check_hash`, `inside`)."""
+        where = f"{self.path / PARETO}: front member field"
+        model_hash = check_hash(member.get("hash"), f"{where} 'hash'")
+        if "model_dir" in member:
+            folder = inside(self.path, member["model_dir"], f"{where} 'model_dir' of {model_hash}")
+        else:
+            folder = model_folder(self.path, model_hash, f"{where} 'hash'")
         if not (folder / "config.json").is_file():
             raise ValueError(
                 f"front member {member['hash']} has no model folder {folder} (config.json + model.safetensors): the run "
@@ -407,7 +587,7 @@ def load_run(run_dir: str | Path, supernet_dir: str | Path | None = None) -> Run
             raise ValueError(
                 f"RUN_DIR {str(run_dir)!r} is not a search run folder: it has no {name} (written by search/run.py)."
             )
-    info = json.loads((path / RUN_INFO).read_text())
+    info = read_json(path / RUN_INFO)
     config_path = path / CONFIG
     config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
     supernet_dir = _supernet_dir(path, info, supernet_dir)
@@ -421,7 +601,7 @@ def load_run(run_dir: str | Path, supernet_dir: str | Path | None = None) -> Run
         path=path,
         info=info,
         config=config,
-        pareto=json.loads((path / PARETO).read_text()),
+        pareto=read_json(path / PARETO),
         standalone_check=read_json(path / STANDALONE_CHECK),
         supernet_dir=supernet_dir,
         distill_summary=summary,
@@ -487,6 +667,7 @@ def find_rank_check(run: RunFolder, explicit: str | Path | None = None) -> RankC
 __all__ = [
     "ARCHIVE",
     "CONFIG",
+    "HASH_PATTERN",
     "MODELS",
     "OBJECTIVES",
     "PARETO",
@@ -494,6 +675,7 @@ __all__ = [
     "PLOT",
     "RANK_CHECK",
     "RUN_INFO",
+    "RUN_LOCK",
     "SEARCH_RESULT",
     "STANDALONE_CHECK",
     "STATE",
@@ -504,13 +686,17 @@ __all__ = [
     "RunFolder",
     "apply_latency",
     "apply_measurements",
+    "check_hash",
     "find_rank_check",
+    "inside",
     "is_run_folder",
     "load_run",
     "locate",
+    "model_folder",
     "objectives_of",
     "plot_front",
     "read_archive",
     "read_json",
     "read_results",
+    "read_search_state",
 ]

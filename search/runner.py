@@ -7,7 +7,8 @@
    fingerprint, objectives, reference point); a restart with the same settings resumes, a different one is refused;
 3. latency: the per-block look-up table for this device and space (built once, cached), or measurement;
 4. the evolution loop on rank 0 (`SearchLoop`): keep every worker busy (ask as soon as one is free), tell results in
-   the order they finish, append every ask and result to `archive.jsonl` (fsync) *before* telling the optimizer;
+   the order they finish (or in ask order, `search.tell_order: ask`: deterministic, resume included), append every
+   ask and result to `archive.jsonl` (fsync) *before* telling the optimizer;
    architectures seen before (this run or the fitness cache of earlier runs) are told without evaluating;
 5. the front: feasible non-dominated points; with the look-up table, front members are then timed for real (pool
    stopped, so timing is isolated) and the front recomputed until every member is measured;
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import yaml
 
-from evonets.engine.archive import JsonlArchive
+from evonets.engine.archive import JsonlArchive, locked_folder
 from evonets.engine.timer import Accumulator, Stopwatch
 from search.evaluators import FitnessSpec, make_evaluator
 
@@ -41,6 +42,7 @@ from .run_folder import (
     ARCHIVE,
     CONFIG,
     RUN_INFO,
+    RUN_LOCK,
     STATE,
     ArchiveReplay,
     Constraint,
@@ -49,6 +51,7 @@ from .run_folder import (
     objectives_of,
     read_archive,
     read_json,
+    read_search_state,
 )
 
 logger = logging.getLogger("search")
@@ -190,6 +193,15 @@ def _launched_distributed() -> bool:
 
 
 def _coordinate(config: SearchConfig, supernet_dir: Path, spec: FitnessSpec, make, distributed: bool) -> SearchResult:
+    """Rank 0's run, holding the run folder's lock (`RUN_LOCK`) throughout: a second run on the same output_dir fails
+    at once; the kernel releases the lock when this process ends, even on `kill -9`, so a restart resumes."""
+    with locked_folder(config.output_dir, RUN_LOCK):
+        return _coordinate_locked(config, supernet_dir, spec, make, distributed)
+
+
+def _coordinate_locked(
+    config: SearchConfig, supernet_dir: Path, spec: FitnessSpec, make, distributed: bool
+) -> SearchResult:
     """Rank 0's run: pin the run folder, resume the optimizer from the archive, search, measure the front, report."""
     from evonets.models.supernet import EvoNetSupernet
 
@@ -279,8 +291,11 @@ def _resume(
     kill (the objectives at the time, before later measurements), and restore its random state; a new run instead
     suggests the space's extremes. The replayed results then get the measurements made since."""
     objectives = list(config.search.objectives)
-    replay = read_archive(output_dir / ARCHIVE)
+    # Damaged lines, repeated results and results whose hash is not their encoding's are skipped (with a warning).
+    replay = read_archive(output_dir / ARCHIVE, hash_of=lambda encoding: space.hash(space.decode(encoding)))
     oracle.measured.update(replay.measured)
+    if config.search.tell_order == "ask":
+        return replay  # SearchLoop replays the run's asks and tells in their order instead (`replay_in_ask_order`)
     for record in replay.results:
         known.setdefault(record["hash"], record["metrics"])
         evolution.remember(
@@ -290,6 +305,7 @@ def _resume(
         )
     apply_measurements(replay.results, oracle.measured, config.constraints)
     if replay.num_asked:
+        read_search_state(output_dir / STATE)  # a damaged file: a clear error naming it, not the optimizer's
         evolution.load_state(output_dir / STATE)
         in_flight = len(replay.asked)
         _say(f"resuming {output_dir}: {len(replay.results)} results archived, {in_flight} in flight at the kill")
@@ -303,7 +319,8 @@ class SearchLoop:
     """Rank 0's evolution loop over the DMMPE pool (see the module docstring, step 4).
 
     Keeps every worker busy (asks as soon as one is free: no generation barrier), tells results in the order they
-    finish, and appends every ask and result to the archive before the optimizer hears of it. Architectures seen
+    finish (with `search.tell_order: ask`, in the order they were asked: see `in_tell_order`), and appends every ask
+    and result to the archive before the optimizer hears of it. Architectures seen
     before (this run, or the fitness cache of earlier runs) are told from `known` without evaluating; candidates in
     flight at a kill are re-submitted under their index before anything new is asked.
     """
@@ -331,6 +348,14 @@ class SearchLoop:
         self.num_asked = replay.num_asked
         self.resubmit = [(index, space.decode(record["encoding"])) for index, record in sorted(replay.asked.items())]
         self.in_flight: dict[str, tuple] = {}  # task id -> (index, candidate, arch)
+        # search.tell_order ask: results wait in `held` until every earlier ask is told, and at most `window` candidates
+        # are asked and not told (fixed by the config, not by the workers alive, so that the asks are too)
+        self.ask_order = config.search.tell_order == "ask"
+        self.window = evolution.optimizer.num_workers + 1
+        self.held: dict[int, tuple] = {}  # index -> (index, candidate, arch, metrics, extra)
+        self.replayed: dict[int, object] = {}  # index -> the candidate the replay asked again, to re-submit
+        if self.ask_order:
+            self.replay_in_ask_order(replay)
         self.evaluated = 0  # evaluations this session (not told from the cache or the archive)
         self.ask_tell = Accumulator()  # the optimizer's and the bookkeeping's share of the loop
         self.seconds = 0.0  # the loop's wall-clock time, pool start and stop included
@@ -356,6 +381,7 @@ class SearchLoop:
             max_retries=pool_config.max_retries,
             heartbeat_timeout=pool_config.heartbeat_timeout,
             threads_per_worker=self.config.fitness.num_threads,
+            bind_address=pool_config.bind_address,
         ) as pool:
             while len(self.records) < self.budget:
                 self.step(pool, watch)
@@ -365,11 +391,11 @@ class SearchLoop:
 
     def step(self, pool, watch: Stopwatch) -> None:
         """Fill the idle workers, wait for results (at most a second), archive and tell what is ready."""
-        ready = self.dispatch(pool)
+        ready = self.in_tell_order(self.dispatch(pool))
         results = pool.wait(timeout=1.0) if self.in_flight and not ready else []
         if self.oracle.mode == "measure" and (results or ready):
             results += pool.drain()  # time latency with no evaluation running beside it
-        ready += [self.receive(task_id, result) for task_id, result in results]
+        ready += self.in_tell_order([self.receive(task_id, result) for task_id, result in results])
         with self.ask_tell:
             for index, candidate, arch, metrics, extra in ready:
                 self.tell(index, candidate, arch, metrics, extra)
@@ -381,9 +407,11 @@ class SearchLoop:
         """Submit candidates until every worker has one and one more waits (so that a worker that finishes takes the
         next at once instead of waiting for the optimizer's ask); returns those seen before, ready to tell as
         (index, candidate, arch, metrics, extra)."""
-        capacity = pool.num_workers + 1
+        capacity = self.window if self.ask_order else pool.num_workers + 1
         ready = []
-        while (queued := len(self.in_flight) + len(ready)) < capacity and len(self.records) + queued < self.budget:
+        while (queued := len(self.in_flight) + len(ready) + len(self.held)) < capacity and (
+            len(self.records) + queued < self.budget
+        ):
             with self.ask_tell:
                 index, candidate, arch = self.ask()
             digest = self.space.hash(arch)
@@ -398,12 +426,62 @@ class SearchLoop:
         """(index, candidate, arch): a candidate in flight at the kill again, else a new ask (archived)."""
         if self.resubmit:
             index, arch = self.resubmit.pop(0)
-            return index, self.evolution.candidate(arch), arch
+            candidate = self.replayed.pop(index, None)  # tell_order ask: the candidate the replay asked again
+            return index, self.evolution.candidate(arch) if candidate is None else candidate, arch
         index = self.num_asked
         candidate, arch = self.evolution.ask()
         self.num_asked += 1
         self.archive.append({"kind": "ask", "index": index, "encoding": self.space.encode(arch)})
         return index, candidate, arch
+
+    def in_tell_order(self, ready: list[tuple]) -> list[tuple]:
+        """What to tell now: `ready` as it is (tell_order arrival); with tell_order ask, the next result in ask order
+        only (one a step, so that each tell is followed by the asks it allows), the others held back."""
+        if not self.ask_order:
+            return ready
+        self.held.update((item[0], item) for item in ready)
+        upcoming = len(self.records)  # results are told in index order, so this is the next index to tell
+        return [self.held.pop(upcoming)] if upcoming in self.held else []
+
+    def replay_in_ask_order(self, replay: ArchiveReplay) -> None:
+        """Start or resume a tell_order ask run: a fresh optimizer repeats the archived asks and tells in the order the
+        run made them (the suggestions, asks while fewer than `window` wait to be told, the next result in ask order,
+        and so on), each ask giving the archived candidate again, so it ends in the state the killed run had. The
+        candidates asked and not told are re-submitted (`replayed`); nothing comes from `search_state.json`."""
+        results, output_dir = replay.results, str(self.state_path.parent)
+        if [record["index"] for record in results] != list(range(len(results))):
+            raise ValueError(
+                f"Config field search.tell_order = 'ask' is invalid for output_dir = {output_dir!r}: its results are "
+                "not the asks 0, 1, 2, ... in order (told in arrival order, or a result line skipped as damaged); "
+                "expected search.tell_order = 'arrival' to resume it."
+            )
+        if self.config.search.suggest_extremes:
+            for arch in (self.space.smallest(), self.space.largest()):
+                self.evolution.suggest(arch)
+        encodings = {record["index"]: record["encoding"] for record in [*results, *replay.asked.values()]}
+        asked = told = 0
+        while True:
+            while asked - told < self.window and asked < replay.num_asked:
+                candidate, arch = self.evolution.ask()
+                if self.space.encode(arch) != encodings.get(asked):
+                    raise ValueError(
+                        f"Config field search.tell_order = 'ask' cannot resume output_dir = {output_dir!r}: the "
+                        f"optimizer asks {self.space.encode(arch)} as candidate {asked}, the archive has "
+                        f"{encodings.get(asked)}; expected the same search and pool settings (pool.workers, ranks) and "
+                        "nevergrad version as the run had, or search.tell_order = 'arrival'."
+                    )
+                self.replayed[asked] = candidate
+                asked += 1
+            if told == len(results):
+                break
+            record = results[told]
+            self.known.setdefault(record["hash"], record["metrics"])
+            normalised = _normalised(record["objectives"], self.objectives, self.reference)
+            self.evolution.tell(self.replayed.pop(told), normalised, record["violations"])
+            told += 1
+        apply_measurements(results, self.oracle.measured, self.constraints)  # after the tells, as the run had them
+        if replay.num_asked:
+            _say(f"resuming {output_dir}: {len(results)} results archived, {len(replay.asked)} in flight at the kill")
 
     def receive(self, task_id: str, result: dict) -> tuple:
         """A worker's result as (index, candidate, arch, metrics, extra); a success goes to `known` and the cache, a

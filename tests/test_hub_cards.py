@@ -244,6 +244,20 @@ def test_bad_input_is_a_clear_error(built_run):
         cli(["build", str(built_run), "--rank-check", str(built_run / "nowhere.json")])
 
 
+def test_a_model_dir_outside_the_run_folder_is_refused(run_dir, tmp_path):
+    """A `pareto.json` whose `model_dir` points out of the run folder (an absolute path, as an edited or crafted file
+    may hold) is refused before anything is written: the card would have gone into that folder."""
+    pareto = _pareto(run_dir)
+    member = pareto["front"][0]
+    elsewhere = Path(shutil.copytree(run_dir / member["model_dir"], tmp_path / "elsewhere"))
+    before = sorted(path.name for path in elsewhere.iterdir())
+    member["model_dir"] = str(elsewhere)
+    (run_dir / "pareto.json").write_text(json.dumps(pareto))
+    with pytest.raises(SystemExit, match=rf"pareto.json: front member field 'model_dir' of {member['hash']} .*outside"):
+        cli(["build", str(run_dir)])
+    assert sorted(path.name for path in elsewhere.iterdir()) == before and "README.md" not in before
+
+
 # Push through a fake Hub ---------------------------------------------------------------------------------------
 
 
