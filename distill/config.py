@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from evonets.data.config import DataConfig
-from evonets.engine.cli import check_field, field_error
+from evonets.engine.cli import check_field, check_writable_folder, field_error
 
 BLOCK_TYPE_POLICIES = ("random", "first", "ss2d", "ssd", "attention", "conv")
 ELASTIC_GENES = ("resolution", "depth", "width", "block_type", "mlp_ratio", "d_state", "ssm_ratio", "num_heads")
@@ -281,7 +281,14 @@ class DistillConfig:
 
     def validate(self) -> DistillConfig:
         """Raise `ValueError` naming the first invalid field; return self."""
-        data, loss, sampling, trainer = self.data, self.loss, self.sampling, self.trainer
+        self._validate_data()
+        self._validate_loss()
+        self._validate_sampling()
+        self._validate_trainer()
+        return self
+
+    def _validate_data(self) -> None:
+        data = self.data
         if data.source in ("imagefolder", "load_from_disk", "hub") and not data.path:
             raise field_error("data.path", data.path, f"a folder or dataset id (data.source = {data.source!r})")
         for name in ("train_split", "validation_split"):
@@ -305,6 +312,9 @@ class DistillConfig:
         )
         check_field(all(s > 0 for s in data.image_std), "data.image_std", data.image_std, "positive numbers")
         check_field(data.check_samples >= 0, "data.check_samples", data.check_samples, ">= 0")
+
+    def _validate_loss(self) -> None:
+        loss = self.loss
         for name in (
             "ce_weight",
             "kd_weight",
@@ -327,6 +337,9 @@ class DistillConfig:
                 loss.student_stages,
                 f"one stage per teacher stage (teacher.stages = {self.teacher.stages})",
             )
+
+    def _validate_sampling(self) -> None:
+        sampling = self.sampling
         check_field(sampling.num_random >= 0, "sampling.num_random", sampling.num_random, ">= 0")
         check_field(
             sampling.block_types in BLOCK_TYPE_POLICIES,
@@ -349,6 +362,9 @@ class DistillConfig:
             check_field(
                 previous == 1.0, "sampling.shrink_schedule[-1].until", previous, "1.0 (the last phase ends the run)"
             )
+
+    def _validate_trainer(self) -> None:
+        trainer = self.trainer
         for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "log_every"):
             check_field(getattr(trainer, name) >= 1, f"trainer.{name}", getattr(trainer, name), ">= 1")
         for name in ("warmup_steps", "eval_every", "save_every", "max_grad_norm", "weight_decay"):
@@ -365,7 +381,7 @@ class DistillConfig:
             tt.depths,
             f"one entry per hidden size ({tt.hidden_sizes})",
         )
-        return self
+        check_writable_folder("trainer.output_dir", trainer.output_dir)
 
     @property
     def uses_teacher(self) -> bool:

@@ -8,6 +8,7 @@ types cannot and raises `ValueError` naming the field and the allowed values bef
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Literal
@@ -15,7 +16,7 @@ from typing import Literal
 from distill import DistillConfig
 from evonets.data.config import DataConfig
 from evonets.deploy.latency import LatencySettings
-from evonets.engine.cli import check_field
+from evonets.engine.cli import check_field, check_writable_folder
 from search.run_folder import OBJECTIVES, Constraint
 
 
@@ -174,10 +175,8 @@ class SearchConfig:
         check_field(evolution.budget >= 1, "search.budget", evolution.budget, "an integer >= 1")
         check_field(evolution.save_every >= 1, "search.save_every", evolution.save_every, "an integer >= 1")
         if evolution.reference_point is not None:
-            missing = sorted(set(evolution.objectives) - set(evolution.reference_point))
-            check_field(
-                not missing, "search.reference_point", evolution.reference_point, f"a value for each of {missing}"
-            )
+            _check_reference_point(evolution.reference_point, evolution.objectives)
+        check_writable_folder("output_dir", self.output_dir)
         from search.evolution import optimizer_class
 
         optimizer_class(evolution.optimizer)  # raises ValueError for an unknown name
@@ -210,6 +209,16 @@ class SearchConfig:
         if self.distill is not None:
             return self.distill.data
         return DataConfig()
+
+
+def _check_reference_point(reference: dict[str, float], objectives: list[str]) -> None:
+    """A value for every objective, each a finite number (a NaN would make every hypervolume 0)."""
+    missing = sorted(set(objectives) - set(reference))
+    check_field(not missing, "search.reference_point", reference, f"a value for each of {missing}")
+    for name in objectives:
+        value = reference[name]
+        finite = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        check_field(finite and value > 0, f"search.reference_point.{name}", value, "a finite number > 0")
 
 
 __all__ = [

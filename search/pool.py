@@ -413,6 +413,55 @@ class _Rank:
     worker_ids: set[str] = field(default_factory=set)
 
 
+def _check_pool_arguments(make_evaluator, workers, distributed, max_retries, heartbeat_timeout, threads_per_worker):
+    """`EvaluationPool`'s arguments checked (errors name the argument); returns the world size."""
+    _check_int_at_least("workers", workers, 1)
+    _check_int_at_least("max_retries", max_retries, 0)
+    if threads_per_worker is not None:
+        _check_int_at_least("threads_per_worker", threads_per_worker, 1)
+    if not isinstance(heartbeat_timeout, (int, float)) or heartbeat_timeout < 2 * HEARTBEAT_SECONDS:
+        raise ValueError(
+            f"heartbeat_timeout = {heartbeat_timeout!r} is invalid: expected seconds >= {2 * HEARTBEAT_SECONDS} "
+            f"(twice the heartbeat interval)."
+        )
+    if not callable(make_evaluator):
+        raise TypeError(f"make_evaluator = {make_evaluator!r} is invalid: expected a zero-argument callable.")
+    if not distributed:
+        return 1
+    if not (dist.is_available() and dist.is_initialized()):
+        raise ValueError(
+            "distributed = True needs an initialised torch.distributed process group: create "
+            "accelerate.Accelerator() (under `accelerate launch`) or call torch.distributed.init_process_group."
+        )
+    if dist.get_rank() != 0:
+        raise ValueError(
+            f"EvaluationPool(distributed=True) runs on rank 0; rank {dist.get_rank()} must call serve() instead."
+        )
+    return dist.get_world_size()
+
+
+def _serve_store(listen: str) -> tuple[dist.TCPStore, int]:
+    """The pool's store, listening on `listen` only, and its port. TCPStore itself listens on every interface;
+    handed a socket bound to one address, it listens there only."""
+    listener = _listen(listen)
+    port = listener.getsockname()[1]
+    try:
+        store = dist.TCPStore(
+            listen,
+            port,
+            is_master=True,
+            wait_for_workers=False,
+            timeout=_CONNECT_TIMEOUT,
+            master_listen_fd=listener.fileno(),
+        )
+    except BaseException:
+        listener.close()
+        raise
+    listener.detach()  # the store owns the socket now
+    store.set_timeout(_BLOCK_FOREVER)
+    return store, port
+
+
 class EvaluationPool:
     """Many candidates in flight, each evaluated whole by one worker; a free worker pulls the next task at once.
 
@@ -444,29 +493,9 @@ class EvaluationPool:
         threads_per_worker: int | None = None,
         bind_address: str | None = None,
     ):
-        _check_int_at_least("workers", workers, 1)
-        _check_int_at_least("max_retries", max_retries, 0)
-        if threads_per_worker is not None:
-            _check_int_at_least("threads_per_worker", threads_per_worker, 1)
-        if not isinstance(heartbeat_timeout, (int, float)) or heartbeat_timeout < 2 * HEARTBEAT_SECONDS:
-            raise ValueError(
-                f"heartbeat_timeout = {heartbeat_timeout!r} is invalid: expected seconds >= {2 * HEARTBEAT_SECONDS} "
-                f"(twice the heartbeat interval)."
-            )
-        if not callable(make_evaluator):
-            raise TypeError(f"make_evaluator = {make_evaluator!r} is invalid: expected a zero-argument callable.")
-        world_size = 1
-        if distributed:
-            if not (dist.is_available() and dist.is_initialized()):
-                raise ValueError(
-                    "distributed = True needs an initialised torch.distributed process group: create "
-                    "accelerate.Accelerator() (under `accelerate launch`) or call torch.distributed.init_process_group."
-                )
-            if dist.get_rank() != 0:
-                raise ValueError(
-                    f"EvaluationPool(distributed=True) runs on rank 0; rank {dist.get_rank()} must call serve() instead."
-                )
-            world_size = dist.get_world_size()
+        world_size = _check_pool_arguments(
+            make_evaluator, workers, distributed, max_retries, heartbeat_timeout, threads_per_worker
+        )
         self.max_retries = max_retries
         self.heartbeat_timeout = float(heartbeat_timeout)
         self.requeued = 0
@@ -487,24 +516,8 @@ class EvaluationPool:
         self._hello = {0}
 
         listen, advertise = resolve_bind_address(bind_address, world_size)
-        # TCPStore itself listens on every interface; handed a socket bound to one address, it listens there only.
-        listener = _listen(listen)
-        port = listener.getsockname()[1]
-        try:
-            self._server = dist.TCPStore(
-                listen,
-                port,
-                is_master=True,
-                wait_for_workers=False,
-                timeout=_CONNECT_TIMEOUT,
-                master_listen_fd=listener.fileno(),
-            )
-        except BaseException:
-            listener.close()
-            raise
-        listener.detach()  # the store owns the socket now
+        self._server, port = _serve_store(listen)
         self.address = (listen, port)  # where the pool's store listens
-        self._server.set_timeout(_BLOCK_FOREVER)
         here = {"0.0.0.0": LOOPBACK, "::": "::1"}.get(listen, listen)  # how this machine's processes reach it
         self._client = _connect(here, port)  # submit() and close(), from the caller's thread
         self._dispatcher = threading.Thread(

@@ -271,6 +271,10 @@ def _pin_run(config: SearchConfig, output_dir: Path, supernet_dir: Path, fitness
         "seed": config.search.seed,
         "supernet": str(supernet_dir),
     }
+    if _changed_settings(saved, info) and not _has_results(output_dir):
+        # E.g. the first try stopped on a bad data section before any result: nothing depends on its settings.
+        _set_aside_unfinished_start(output_dir)
+        info["reference_point"] = reference_point(config, space, oracle, supernet)
     _check_same_run(output_dir / RUN_INFO, info)
     (output_dir / CONFIG).write_text(yaml.safe_dump(asdict(config), sort_keys=False))
     return info
@@ -591,14 +595,35 @@ def _normalised(values: dict[str, float], objectives: list[str], reference: dict
     return [values[name] / reference[name] for name in objectives]
 
 
+def _set_aside_unfinished_start(output_dir: Path) -> None:
+    """A run folder with settings but no result (its first try failed before any evaluation): this run starts over
+    with its own settings. Its asks and optimizer state are renamed, not deleted, so nothing on disk is lost."""
+    import time
+
+    suffix = f".set-aside-{int(time.time())}"
+    for name in (ARCHIVE, STATE, RUN_INFO):
+        if (output_dir / name).is_file():
+            (output_dir / name).rename(output_dir / (name + suffix))
+    logger.warning("%s held no result yet: its earlier settings are set aside (*%s); starting over", output_dir, suffix)
+
+
+def _has_results(output_dir: Path) -> bool:
+    """Whether the run folder's archive records any result (asks alone depend on no setting)."""
+    return any(record.get("kind") == "result" for record in JsonlArchive(output_dir / ARCHIVE).records())
+
+
+def _changed_settings(saved: dict, info: dict) -> list[str]:
+    """The run settings that differ between a saved `run.json` and this run (none for a new folder). The supernet's
+    path may move: its weights are pinned by `fitness_key`."""
+    if not saved:
+        return []
+    return sorted(key for key in info.keys() | saved.keys() if key != "supernet" and saved.get(key) != info.get(key))
+
+
 def _check_same_run(path: Path, info: dict) -> None:
     """Write `run.json`, or check that the run being resumed in this folder had the same settings."""
     if path.is_file():
-        saved = json.loads(path.read_text())
-        # The supernet's path may move; its weights are pinned by fitness_key.
-        changed = sorted(
-            key for key in info.keys() | saved.keys() if key != "supernet" and saved.get(key) != info.get(key)
-        )
+        changed = _changed_settings(json.loads(path.read_text()), info)
         if changed:
             raise ValueError(
                 f"Config field output_dir = {str(path.parent)!r} holds a search run with different {changed}; "

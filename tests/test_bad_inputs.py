@@ -138,6 +138,31 @@ CASES = [
     ("latency_repeats_zero", lambda: search_cli("--latency.repeats", "0"), SystemExit, ["latency.repeats"]),
     ("distill_lr_negative", lambda: distill_cli("--trainer.lr", "-1"), SystemExit, ["trainer.lr"]),
     ("distill_unknown_source", lambda: distill_cli("--data.source", "mnist"), SystemExit, ["data.source"]),
+    (
+        "reference_point_nan",
+        lambda: search_cli("--supernet", "sn", "--search.reference_point", "{error: .nan, latency_ms: 1, macs: 1}"),
+        SystemExit,
+        ["search.reference_point.error", "finite"],
+    ),
+    (
+        "reference_point_negative",
+        lambda: search_cli("--supernet", "sn", "--search.reference_point", "{error: 1, latency_ms: -1, macs: 1}"),
+        SystemExit,
+        ["search.reference_point.latency_ms"],
+    ),
+    # keep.txt is a file the test writes first: an output folder below it cannot be made
+    (
+        "search_output_dir_under_a_file",
+        lambda: search_cli("--supernet", "sn", "--output_dir", "keep.txt/run"),
+        SystemExit,
+        ["output_dir", "is a file"],
+    ),
+    (
+        "distill_output_dir_under_a_file",
+        lambda: distill_cli("--trainer.output_dir", "keep.txt/run"),
+        SystemExit,
+        ["trainer.output_dir", "is a file"],
+    ),
 ]
 
 

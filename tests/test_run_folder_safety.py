@@ -293,3 +293,36 @@ def test_the_lock_dies_with_its_process(tmp_path):
     holder.wait()
     with locked_folder(tmp_path, ".lock") as path:
         assert path == tmp_path / ".lock" and path.read_text().strip() == str(os.getpid())
+
+
+def _pin(output_dir: Path, fitness_key: str) -> dict:
+    """`search.runner._pin_run` as a run in `output_dir` calls it (a configured reference point: nothing is timed)."""
+    from search.runner import _pin_run
+
+    config = _config(output_dir, reference_point={"error": 1.0, "macs": 1000.0})
+    supernet = SimpleNamespace(search_space=SPACE)
+    return _pin_run(config, output_dir, Path("sn"), fitness_key, SimpleNamespace(fingerprint={"cpu": "x"}), supernet)
+
+
+def test_a_first_try_that_recorded_no_result_does_not_block_the_corrected_command(tmp_path):
+    """A run that stopped before any result (e.g. on a bad data section, whose settings went into run.json) used to
+    refuse the corrected command until the folder was deleted; its asks and settings are now set aside, not lost."""
+    _pin(tmp_path, fitness_key="bad-data")
+    JsonlArchive(tmp_path / "archive.jsonl").append({"kind": "ask", "index": 0, "encoding": ENCODING})
+    info = _pin(tmp_path, fitness_key="corrected-data")
+    assert info["fitness_key"] == "corrected-data"
+    assert json.loads((tmp_path / "run.json").read_text())["fitness_key"] == "corrected-data"
+    set_aside = sorted(path.name for path in tmp_path.iterdir() if ".set-aside-" in path.name)
+    assert [name.split(".set-aside-")[0] for name in set_aside] == ["archive.jsonl", "run.json"]
+    assert not (tmp_path / "archive.jsonl").exists()
+
+
+def test_a_run_with_results_still_refuses_other_settings(tmp_path):
+    _pin(tmp_path, fitness_key="first")
+    JsonlArchive(tmp_path / "archive.jsonl").append_many(
+        [{"kind": "ask", "index": 0, "encoding": ENCODING}, _result(0)]
+    )
+    with pytest.raises(ValueError, match=r"holds a search run with different \['fitness_key'\]"):
+        _pin(tmp_path, fitness_key="second")
+    assert _pin(tmp_path, fitness_key="first")["fitness_key"] == "first"  # the same settings resume
+    assert not [path for path in tmp_path.iterdir() if ".set-aside-" in path.name]

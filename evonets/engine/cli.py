@@ -99,10 +99,24 @@ def field_error(name: str, value, expected: str) -> ValueError:
     return ValueError(f"Config field {name} = {value!r} is invalid: expected {expected}.")
 
 
+def check_writable_folder(name: str, path) -> None:
+    """A config's output folder must be creatable and writable by this user: checked before any work starts (nothing
+    is created here), so a typo or a read-only mount is an error naming the field, not an OSError an hour in."""
+    import os
+    from pathlib import Path
+
+    folder = Path(path).expanduser().absolute()
+    existing = next(parent for parent in (folder, *folder.parents) if parent.exists())
+    if not existing.is_dir():
+        raise field_error(name, str(path), f"a folder, but {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise field_error(name, str(path), f"a folder this user can write ({existing} is not writable)")
+
+
 def check_field(condition: bool, name: str, value, expected: str) -> None:
     """Raise `field_error(name, value, expected)` unless `condition`."""
     if not condition:
         raise field_error(name, value, expected)
 
 
-__all__ = ["build_parser", "check_field", "field_error", "parse_config", "section_argv"]
+__all__ = ["build_parser", "check_field", "check_writable_folder", "field_error", "parse_config", "section_argv"]
