@@ -254,3 +254,10 @@ def test_truncated_weights_name_the_folder(tmp_path):
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     with pytest.raises(ValueError, match=f"safetensors weights of {tmp_path} are damaged or truncated"):
         evonets.EvoNetForImageClassification.from_pretrained(tmp_path)
+
+
+def test_a_folder_without_config_json_is_named(tmp_path):
+    _saved_classifier(tmp_path)
+    (tmp_path / "config.json").unlink()
+    with pytest.raises(ValueError, match=f"{tmp_path} has no config.json"):
+        evonets.EvoNetForImageClassification.from_pretrained(tmp_path)

@@ -8,6 +8,8 @@ channels-first (B, C, H, W), as in the other vision models of transformers.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from safetensors import SafetensorError
 from torch import nn
@@ -224,6 +226,12 @@ class EvoNetPreTrainedModel(PreTrainedModel):
         still fine, as in transformers; pass `allow_missing_body_weights=True` to accept random body weights too."""
         return_info = kwargs.pop("output_loading_info", False)
         where = args[0] if args else kwargs.get("pretrained_model_name_or_path")
+        folder = Path(str(where)).expanduser()
+        if folder.is_dir() and kwargs.get("config") is None and not (folder / "config.json").is_file():
+            raise ValueError(
+                f"{where} has no config.json: a saved EvoNet folder holds config.json (the architecture) beside its "
+                "weights; pass config=EvoNetConfig(...) to load bare weights."
+            )
         try:
             model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
         except SafetensorError as error:
