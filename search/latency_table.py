@@ -44,7 +44,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -64,6 +64,7 @@ from evonets.deploy.latency import (
 )
 from evonets.deploy.onnx_export import export_mode
 from evonets.engine.archive import write_json_atomic
+from evonets.engine.cli import is_int
 from evonets.engine.identity import digest
 from evonets.models.configuration_evonet import BLOCK_TYPES
 from evonets.models.modeling_evonet import EvoNetDownsample, EvoNetForImageClassification
@@ -339,7 +340,7 @@ class LatencyTable:
     ) -> LatencyTable:
         """Time every entry the space can reach, then calibrate on `calibration_networks` whole networks (>= 2)."""
         settings = settings.validate()
-        if not _is_int(calibration_networks) or calibration_networks < 2:
+        if not is_int(calibration_networks) or calibration_networks < 2:
             raise ValueError(f"calibration_networks = {calibration_networks!r} is invalid: expected an int >= 2.")
         start = time.perf_counter()
         prepare_process(settings)
@@ -555,7 +556,7 @@ def lut_error(
     another space or another device fingerprint than `settings` give here.
     """
     settings = settings.validate()
-    if not _is_int(count) or count < 1:
+    if not is_int(count) or count < 1:
         raise ValueError(f"count = {count!r} is invalid: expected an int >= 1.")
     reason = table.mismatch(supernet.config, settings)
     if reason is not None:
@@ -590,10 +591,6 @@ def lut_error(
 
 def _canonical(space: SearchSpace, arch: dict | str) -> dict:
     return space.decode(arch) if isinstance(arch, str) else space.validate(arch)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 __all__ = [

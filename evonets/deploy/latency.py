@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -40,7 +40,7 @@ from torch import nn
 from evonets.deploy.allocator import keep_freed_memory
 from evonets.deploy.fingerprint import device_fingerprint
 from evonets.deploy.onnx_export import OnnxRuntimeModel, export_onnx
-from evonets.engine.cli import field_error
+from evonets.engine.cli import field_error, is_int
 from evonets.models.selective_scan import resolve_backend
 
 BACKENDS = ("torch", "onnxruntime")
@@ -91,9 +91,9 @@ class LatencySettings:
             raise field_error("latency.backend", self.backend, f"one of {list(BACKENDS)}")
         for name, minimum in (("batch_size", 1), ("warmup", 0), ("repeats", 1)):
             value = getattr(self, name)
-            if not _is_int(value) or value < minimum:
+            if not is_int(value) or value < minimum:
                 raise field_error(f"latency.{name}", value, f"an int >= {minimum}")
-        if self.num_threads is not None and (not _is_int(self.num_threads) or self.num_threads < 1):
+        if self.num_threads is not None and (not is_int(self.num_threads) or self.num_threads < 1):
             raise field_error("latency.num_threads", self.num_threads, "None or an int >= 1")
         if self.clock not in CLOCKS:
             raise field_error("latency.clock", self.clock, f"one of {list(CLOCKS)}")
@@ -163,7 +163,7 @@ def measure_latency(
     batch is the one timed (give them `settings.batch_size`)."""
     settings = settings.validate()
     for name, value in (("resolution", resolution), ("num_channels", num_channels)):
-        if not _is_int(value) or value < 1:
+        if not is_int(value) or value < 1:
             raise ValueError(f"{name} = {value!r} is invalid: expected a positive int.")
     parameter = next(model.parameters(), None)
     if parameter is not None and parameter.device.type != "cpu":
@@ -289,10 +289,6 @@ def _time_interleaved(
                 call()
                 timings.append(clock() - start)
     return samples
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 __all__ = [

@@ -113,10 +113,23 @@ def check_writable_folder(name: str, path) -> None:
         raise field_error(name, str(path), f"a folder this user can write ({existing} is not writable)")
 
 
+def is_int(value) -> bool:
+    """An int that is not a bool (`True` would pass `isinstance(value, int)`)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def check_field(condition: bool, name: str, value, expected: str) -> None:
     """Raise `field_error(name, value, expected)` unless `condition`."""
     if not condition:
         raise field_error(name, value, expected)
 
 
-__all__ = ["build_parser", "check_field", "check_writable_folder", "field_error", "parse_config", "section_argv"]
+__all__ = [
+    "build_parser",
+    "check_field",
+    "check_writable_folder",
+    "field_error",
+    "is_int",
+    "parse_config",
+    "section_argv",
+]
