@@ -50,6 +50,7 @@ from evonets.data.classification import collate, load_data, training_loader
 from evonets.engine.archive import JsonlArchive
 from evonets.engine.checkpoints import CheckpointManager, resolve_resume
 from evonets.engine.evaluation import eval_mode, evaluate
+from evonets.engine.timer import Stopwatch
 from evonets.engine.training import Callback, TrainingLoop, TrainState, parameter_groups, torch_threads
 from evonets.models.supernet import EvoNetSupernet
 
@@ -132,7 +133,7 @@ class DistillRun:
         self.accelerator.init_trackers("distill", config=flat_config(self.config))
         self.sandwich = SandwichStep(self)
         callback = DistillCallback(self)
-        run_start = time.perf_counter()
+        run_watch = Stopwatch()
         TrainingLoop(
             self.model,
             self.optimizer,
@@ -147,7 +148,7 @@ class DistillRun:
             callbacks=[callback],
         ).run()
         callback.close()
-        return self.finish(callback.eval_archs, callback.val_accuracy, run_start)
+        return self.finish(callback.eval_archs, callback.val_accuracy, run_watch.seconds)
 
     # Setup ----------------------------------------------------------------------------------------------------
 
@@ -312,7 +313,7 @@ class DistillRun:
         scores = evaluate(logits, self.val_loader, arch["resolution"], gather=self.accelerator.gather_for_metrics)
         return scores["accuracy"]
 
-    def finish(self, eval_archs: dict[str, dict], val_accuracy: dict[str, float], run_start: float) -> DistillResult:
+    def finish(self, eval_archs: dict[str, dict], val_accuracy: dict[str, float], seconds: float) -> DistillResult:
         """Save the supernet folder, write the `end` row, close the trackers."""
         if not val_accuracy:  # resumed a finished run
             val_accuracy = self.validate(eval_archs)
@@ -325,7 +326,6 @@ class DistillRun:
         if self.main:
             self.data.processor.save_pretrained(supernet_dir)
             self.write_summary(supernet_dir, eval_archs, val_accuracy)
-        seconds = time.perf_counter() - run_start
         self.log.write(
             {
                 "event": "end",
@@ -385,7 +385,7 @@ class DistillCallback(Callback):
             dynamic_ncols=True,
         )
         self.window: dict[str, list[float]] = defaultdict(list)
-        self.window_start, self.window_steps = time.perf_counter(), 0
+        self.window_watch, self.window_steps = Stopwatch(), 0
 
     def before_optimizer_step(self, loop: TrainingLoop, values: dict[str, float]) -> None:
         sync_gradients(loop.model, self.run.accelerator.num_processes)
@@ -406,7 +406,7 @@ class DistillCallback(Callback):
         if settings.save_every and step % settings.save_every == 0:
             path = self.run.checkpoints.save()
             self.run.log.write({"event": "checkpoint", "step": step, "path": str(path)})
-            self.window_start = time.perf_counter()
+            self.window_watch.restart()
 
     def log_window(self, loop: TrainingLoop) -> None:
         """One row of the window's means (averaged over processes), then a fresh window."""
@@ -417,7 +417,7 @@ class DistillCallback(Callback):
         )
         if accelerator.num_processes > 1:
             means = accelerator.reduce(means, reduction="mean")
-        elapsed = max(time.perf_counter() - self.window_start, 1e-9)
+        elapsed = max(self.window_watch.seconds, 1e-9)
         row = {"step": loop.state.step, "epoch": loop.epoch, "lr": float(loop.scheduler.get_last_lr()[0])}
         row.update({name: float(value) for name, value in zip(names, means.tolist())})
         row["images_per_s"] = float(self.window_steps * self.global_batch / elapsed)
@@ -426,7 +426,8 @@ class DistillCallback(Callback):
         accelerator.log({k: v for k, v in row.items() if isinstance(v, float)}, step=loop.state.step)
         self.progress.set_postfix(loss=f"{row['loss']:.3f}", img_s=f"{row['images_per_s']:.0f}")
         self.window.clear()
-        self.window_start, self.window_steps = time.perf_counter(), 0
+        self.window_watch.restart()
+        self.window_steps = 0
 
     def evaluate(self, step: int) -> None:
         self.val_accuracy = self.run.validate(self.eval_archs)
@@ -435,7 +436,7 @@ class DistillCallback(Callback):
         self.run.log.say(
             f"step {step}: val accuracy " + ", ".join(f"{k} {v:.3f}" for k, v in self.val_accuracy.items())
         )
-        self.window_start = time.perf_counter()  # evaluation time is not training throughput
+        self.window_watch.restart()  # evaluation time is not training throughput
 
     def close(self) -> None:
         self.progress.close()

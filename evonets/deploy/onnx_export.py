@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +45,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from evonets.engine.timer import Stopwatch
 from evonets.models.mixer_ss2d import EvoNetSelectiveScan
 
 INPUT_NAME = "pixel_values"
@@ -257,12 +257,12 @@ def _write_onnx(
     with export_mode(model), torch.no_grad():
         wrapper = EvoNetOnnxWrapper(model, input_names if isinstance(example, dict) else None).eval()
         output_names = [name for name, _ in named_outputs(model, example)]
-        start = time.perf_counter()
+        watch = Stopwatch()
         if dynamo:
             _export_dynamo(wrapper, example_args, path, input_names, output_names, opset, dynamic_batch)
         else:
             _export_torchscript(wrapper, example_args, path, input_names, output_names, opset, dynamic_batch)
-        return output_names, time.perf_counter() - start
+        return output_names, watch.seconds
 
 
 def _check_export(report: ExportReport, model, example, next_example, *, atol: float, rtol: float) -> None:
