@@ -216,7 +216,7 @@ def measure_throughput(args, log) -> list[dict]:
 
 
 def run_ablation(args, log) -> dict:
-    from distill import train_supernet as train
+    from distill import build_supernet as train
     from evonets.data.classification import load_data
     from evonets.models.supernet import EvoNetSupernet
     from search.ranking import (

@@ -12,8 +12,7 @@ result.supernet_dir                                                     # EvoNet
 ```
 
 `build_supernet` returns the finished supernet of the config's `trainer.output_dir` when it was distilled with the same
-config, and otherwise trains it (resuming from the latest checkpoint); `train_supernet` always runs the training
-(resuming, as `distill/train.py` does).
+config, and otherwise trains it (resuming from the latest checkpoint).
 
 Modules: `config` (the dataclass tree of the YAML / command line, `parse_config`), `teachers` (any transformers image
 classifier as a frozen teacher), `train_teacher` (a from-scratch teacher of another family), `losses` (CA-DDKD terms
@@ -24,6 +23,5 @@ command line).
 
 from .config import DistillConfig, parse_config
 from .trainer import DistillResult, build_supernet
-from .trainer import train as train_supernet
 
-__all__ = ["DistillConfig", "DistillResult", "build_supernet", "parse_config", "train_supernet"]
+__all__ = ["DistillConfig", "DistillResult", "build_supernet", "parse_config"]

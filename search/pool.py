@@ -82,6 +82,8 @@ import torch
 import torch.distributed as dist
 from typing_extensions import Self
 
+from evonets.engine.timer import Stopwatch
+
 HEARTBEAT_SECONDS = 1.0
 """How often each rank's supervisor reports that it is alive (and rank 0's checks for silent ranks)."""
 
@@ -286,11 +288,9 @@ def _worker_main(
         message = _pop(store, inbox)
         if message["kind"] == "stop":
             return
-        start, cpu_start = time.perf_counter(), time.process_time()
+        watch = Stopwatch()
         result = _run_task(evaluate, message["payload"])
-        result.update(
-            worker=worker_id, eval_seconds=time.perf_counter() - start, eval_cpu_seconds=time.process_time() - cpu_start
-        )
+        result.update(worker=worker_id, eval_seconds=watch.seconds, eval_cpu_seconds=watch.cpu_seconds)
         _push(store, _EVENTS, {"kind": "result", "worker": worker_id, "seq": message["seq"], "result": result})
 
 

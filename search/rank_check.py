@@ -34,9 +34,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import resource
 import statistics
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -45,6 +43,7 @@ import torch
 from evonets.data.classification import ClassificationData, load_data
 from evonets.data.config import DataConfig
 from evonets.engine.identity import digest
+from evonets.engine.timer import Stopwatch
 from search.ranking import (
     RANKINGS,
     StandaloneRecipe,
@@ -247,17 +246,17 @@ def _run(config: RankCheckConfig) -> dict:
     )
     archs = sample_architectures(space, config.n, config.sample_seed)
 
-    start = time.perf_counter()
+    watch = Stopwatch()
     with torch.no_grad():
         fitness = [evaluator({"encoding": space.encode(arch)}) for arch in archs]
     supernet_results = [{"accuracy": entry["accuracy"], "loss": entry["loss"]} for entry in fitness]
     sizes = [{"params": entry["params"], "macs": entry["macs"]} for entry in fitness]
-    supernet_seconds = time.perf_counter() - start
+    supernet_seconds = watch.seconds
     logger.info(f"supernet fitness of {len(archs)} architectures: {supernet_seconds:.1f} s")
 
-    start, cpu_start = time.perf_counter(), _cpu_seconds()
+    watch = Stopwatch(children=True)  # CPU time of this process and of its finished workers, all cores
     standalone = _standalone(config, space, archs, data, data_config)
-    standalone_seconds, standalone_cpu_seconds = time.perf_counter() - start, _cpu_seconds() - cpu_start
+    standalone_seconds, standalone_cpu_seconds = watch.seconds, watch.cpu_seconds
 
     report = build_report(config, space, archs, data, data_config, supernet_results, standalone, sizes)
     report["seconds"] = {
@@ -267,12 +266,6 @@ def _run(config: RankCheckConfig) -> dict:
     }
     write_report(report, Path(config.output_dir).expanduser())
     return report
-
-
-def _cpu_seconds() -> float:
-    """CPU time (user + system) of this process and of its children that have ended (the worker pool's)."""
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return time.process_time() + children.ru_utime + children.ru_stime
 
 
 def _standalone(config, space, archs, data, data_config) -> list[dict]:

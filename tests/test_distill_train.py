@@ -98,12 +98,12 @@ def _run(args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_short_run_on_digits_learns_and_writes_a_loadable_supernet(digits_setup, tmp_path):
-    from distill import parse_config, train_supernet
+    from distill import build_supernet, parse_config
     from evonets.models.supernet import EvoNetSupernet
 
     config_path, _ = digits_setup
     config = parse_config(["--config", str(config_path), "--trainer.output_dir", str(tmp_path / "run")])
-    result = train_supernet(config)
+    result = build_supernet(config)
 
     losses = _losses(result.log_path)
     assert sorted(losses) == [5, 10, 15, 20, 25, 30]
@@ -243,9 +243,9 @@ def test_two_process_run_on_cpu_with_gloo(digits_setup, tmp_path):
             assert two[step][name] == pytest.approx(one[step][name], rel=1e-4), (step, name)
 
     # Gradient accumulation over two micro-batches of 16 is the same global batch again.
-    from distill import parse_config, train_supernet
+    from distill import build_supernet, parse_config
 
-    accumulated = train_supernet(
+    accumulated = build_supernet(
         parse_config(
             [
                 *common,

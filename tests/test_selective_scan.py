@@ -176,16 +176,16 @@ def test_bad_shapes_are_rejected():
 def test_environment_variable_overrides_auto_only(monkeypatch):
     u = torch.zeros(1, 2, 3)
     monkeypatch.setenv(BACKEND_ENV_VAR, "reference")
-    assert scan_module._resolve_backend("auto", u) == "reference"
-    assert scan_module._resolve_backend("torch", u) == "torch"
+    assert scan_module.resolve_backend("auto", u.device.type) == "reference"
+    assert scan_module.resolve_backend("torch", u.device.type) == "torch"
     monkeypatch.setenv(BACKEND_ENV_VAR, "fastest")
     with pytest.raises(ValueError, match=BACKEND_ENV_VAR):
-        scan_module._resolve_backend("auto", u)
+        scan_module.resolve_backend("auto", u.device.type)
 
 
 def test_auto_picks_fused_kernel_on_cpu(fused_available, monkeypatch):
     monkeypatch.delenv(BACKEND_ENV_VAR, raising=False)
-    assert scan_module._resolve_backend("auto", torch.zeros(1, 2, 3)) == "cpu_fused"
+    assert scan_module.resolve_backend("auto", "cpu") == "cpu_fused"
 
 
 def test_missing_kernel_source_falls_back_to_torch(monkeypatch, tmp_path, caplog):
@@ -195,8 +195,8 @@ def test_missing_kernel_source_falls_back_to_torch(monkeypatch, tmp_path, caplog
     monkeypatch.setattr(scan_module, "_cpu_kernel_loaded", None)
     inputs = make_inputs(1, 2, 2, 30, 4)
     with caplog.at_level(logging.INFO, logger=scan_module.__name__):
-        assert scan_module._resolve_backend("auto", inputs["u"]) == "torch"
-        assert scan_module._resolve_backend("cpu_fused", inputs["u"]) == "torch"
+        assert scan_module.resolve_backend("auto", inputs["u"].device.type) == "torch"
+        assert scan_module.resolve_backend("cpu_fused", inputs["u"].device.type) == "torch"
         y = selective_scan(**inputs)
     assert sum("not found" in record.message for record in caplog.records) == 1  # logged once
     torch.testing.assert_close(y, selective_scan(**inputs, backend="reference"), rtol=1e-4, atol=1e-4)
@@ -217,7 +217,7 @@ def test_build_timeout_zero_never_builds(monkeypatch, tmp_path, caplog):
     monkeypatch.setenv(scan_module.BUILD_TIMEOUT_ENV_VAR, "0")
     monkeypatch.setattr(scan_module, "_cpu_kernel_loaded", None)
     with caplog.at_level(logging.INFO, logger=scan_module.__name__):
-        assert scan_module._resolve_backend("auto", torch.zeros(1, 2, 3)) == "torch"
+        assert scan_module.resolve_backend("auto", "cpu") == "torch"
         assert "cpu_fused" not in available_backends()
     warnings = [record.message for record in caplog.records if record.levelno == logging.WARNING]
     assert len(warnings) == 1 and f"{scan_module.BUILD_TIMEOUT_ENV_VAR}=0" in warnings[0]

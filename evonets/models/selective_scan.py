@@ -415,11 +415,6 @@ def resolve_backend(backend: str = "auto", device_type: str = "cpu", build: bool
     return backend
 
 
-def _resolve_backend(backend: str, u: torch.Tensor) -> str:
-    """The concrete backend for `backend` and inputs on u's device."""
-    return resolve_backend(backend, u.device.type)
-
-
 def _compute_dt(delta: torch.Tensor, delta_bias: torch.Tensor | None, delta_softplus: bool) -> torch.Tensor:
     """dt = softplus(delta + delta_bias) (or without the softplus), (batch, channels, length)."""
     if delta_bias is not None:
@@ -629,7 +624,7 @@ def selective_scan(
     """
     if not torch.jit.is_tracing():  # traced (ONNX export), shapes are tensors and the checks only warn
         _check_shapes(u, delta, A, B, C)
-    resolved = _resolve_backend(backend, u)
+    resolved = resolve_backend(backend, u.device.type)
     if resolved == "cuda":
         return _scan_cuda(u, delta, A, B, C, D, delta_bias, delta_softplus)
     inputs = [x if x is None else x.float() for x in (u, delta, A, B, C, D, delta_bias)]
