@@ -249,6 +249,13 @@ def search_facts(run: RunFolder) -> dict:
     }
 
 
+def spread_text(latency: dict) -> str:
+    """A measurement's spread for the card, with its stability flag: `4.2 %`, `31.0 % (unsteady)`, `n/a`."""
+    if latency.get("spread") is None:
+        return "n/a"
+    return f"{100 * latency['spread']:.1f} %" + ("" if latency.get("stable", True) else " (unsteady)")
+
+
 def latency_facts(run: RunFolder, member: dict, fingerprint: dict) -> dict:
     latency = member["latency"]
     settings = run.config.get("latency", {})
@@ -259,6 +266,7 @@ def latency_facts(run: RunFolder, member: dict, fingerprint: dict) -> dict:
     return {
         "ms": f"{latency['ms']:.3f}",
         "iqr_ms": f"{latency['iqr_ms']:.3f}" if latency.get("iqr_ms") is not None else "n/a",
+        "spread": spread_text(latency),
         "runtime": runtime,
         "threads": fingerprint.get("num_threads"),
         "batch_size": fingerprint.get("batch_size"),
@@ -290,6 +298,7 @@ def onnx_facts(model_dir: Path) -> dict | None:
         "atol": f"{report['atol']:g}",
         "ms": f"{latency['median_ms']:.3f}",
         "iqr_ms": f"{latency['iqr_ms']:.3f}",
+        "spread": spread_text(latency),
         "runtime": f"ONNX Runtime {latency['fingerprint'].get('onnxruntime')}",
         "onnxruntime": latency["fingerprint"].get("onnxruntime"),
         "fingerprint_key": report["latency_fingerprint_key"],

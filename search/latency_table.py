@@ -60,6 +60,7 @@ from evonets.deploy.latency import (
     LatencySettings,
     measure_latency,
     prepare_process,
+    reference_latency_ms,
     time_modules,
 )
 from evonets.deploy.onnx_export import export_mode
@@ -76,7 +77,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 TABLE_FORMAT = "evonets-latency-table"
-TABLE_VERSION = 1
+TABLE_VERSION = 2  # 2: entries in the reference network's long-run milliseconds
 # Rounds over a probe network's parts when building a table (see `evonets.deploy.latency.time_modules`).
 TABLE_ROUNDS = 5
 # Block variants per probe network: bounds the memory of the largest stage's variants (the default space has 45 per
@@ -254,10 +255,12 @@ def _plan(space_config: EvoNetSupernetConfig, batch_size: int) -> list[_ProbeNet
 
 @dataclass
 class LatencyEntry:
-    """Latency of one part in isolation, in milliseconds: median and inter-quartile range of its timed calls."""
+    """Latency of one part in isolation, in milliseconds (the measurement's unit: see `evonets.deploy.latency`): median
+    and inter-quartile range of its timed calls, and the measurement's spread."""
 
     median_ms: float
     iqr_ms: float
+    spread: float | None = None
 
 
 @dataclass
@@ -308,6 +311,7 @@ class LatencyTable:
         calibration: Calibration | None = None,
         build_seconds: float | None = None,
         settings: dict | None = None,
+        reference_ms: float | None = None,
     ):
         self.space_config = space_config
         self.space = space_config.search_space
@@ -317,6 +321,8 @@ class LatencyTable:
         self.calibration = calibration if calibration is not None else Calibration()
         self.build_seconds = build_seconds
         self.settings = settings or {}
+        # The reference's long-run milliseconds the entries are expressed in (None: the clock's own milliseconds).
+        self.reference_ms = reference_ms
 
     def __repr__(self) -> str:
         return (
@@ -345,6 +351,7 @@ class LatencyTable:
         start = time.perf_counter()
         prepare_process(settings)
         fingerprint = device_fingerprint(settings)
+        reference_ms = reference_latency_ms(settings) if settings.reference else None
         probes = _plan(space_config, settings.batch_size)
         entries: dict[str, LatencyEntry] = {}
         with tqdm(
@@ -362,6 +369,7 @@ class LatencyTable:
             fingerprint,
             entries,
             settings={"warmup": settings.warmup, "repeats": settings.repeats},
+            reference_ms=reference_ms,
         )
         table.calibration = table._calibrate(settings, calibration_networks, progress)
         table.build_seconds = time.perf_counter() - start
@@ -433,6 +441,7 @@ class LatencyTable:
             "space_config": self.space_config.to_dict(),
             "settings": self.settings,
             "build_seconds": self.build_seconds,
+            "reference_ms": self.reference_ms,
             "calibration": dataclasses.asdict(self.calibration),
             "entries": {key: dataclasses.asdict(entry) for key, entry in self.entries.items()},
         }
@@ -456,6 +465,7 @@ class LatencyTable:
             Calibration(**data["calibration"]),
             data["build_seconds"],
             data["settings"],
+            data["reference_ms"],
         )
         if table.space_hash != data["space_hash"]:
             raise ValueError(f"{path}: the space config does not match its recorded hash {data['space_hash']}.")
@@ -483,11 +493,26 @@ class LatencyTable:
                 reason = table.mismatch(space_config, settings)
                 if reason is None:
                     logger.info("Reusing the latency table %s (%s).", path, table)
+                    if settings.reference:
+                        table.rescale(reference_latency_ms(settings))
                     return table
         logger.warning("Building the latency table %s: %s.", path, reason)
         table = cls.build(space_config, settings, progress=progress)
         table.save(path)
         return table
+
+    def rescale(self, reference_ms: float) -> None:
+        """Express the table in other reference milliseconds (e.g. a run's pinned `latency.reference_ms`): every
+        entry was timed as a ratio to the reference, so this is exact."""
+        if self.reference_ms is None:
+            raise ValueError("This latency table was timed without the reference network: it cannot be rescaled.")
+        factor = reference_ms / self.reference_ms
+        for entry in self.entries.values():
+            entry.median_ms, entry.iqr_ms = entry.median_ms * factor, entry.iqr_ms * factor
+        self.calibration.offset_ms *= factor
+        for network in self.calibration.networks:
+            network["measured_ms"], network["sum_ms"] = network["measured_ms"] * factor, network["sum_ms"] * factor
+        self.reference_ms = reference_ms
 
     def mismatch(self, space_config: EvoNetSupernetConfig, settings: LatencySettings) -> str | None:
         """Why this table does not apply to `space_config` on this device with `settings` (`None` if it does)."""
@@ -509,13 +534,12 @@ def _time_entries(
     modules: Sequence[tuple[nn.Module, tuple[int, ...]]], settings: LatencySettings, export: Exporter | None = None
 ) -> list[LatencyEntry]:
     """Time (module, input shape) pairs together, in `TABLE_ROUNDS` interleaved rounds (`time_modules`), so that load
-    from other processes hits them alike: each one's median and inter-quartile range. With onnxruntime each is exported
-    by `export` (default: as a whole network)."""
-    entries = []
-    for seconds in time_modules(modules, settings, TABLE_ROUNDS, export):
-        q1, median, q3 = np.percentile(seconds, [25, 50, 75]) * 1e3
-        entries.append(LatencyEntry(float(median), float(q3 - q1)))
-    return entries
+    from other processes hits them alike: each one's median, inter-quartile range and spread. With onnxruntime each is
+    exported by `export` (default: as a whole network)."""
+    return [
+        LatencyEntry(measurement.median_ms, measurement.iqr_ms, measurement.spread)
+        for measurement in time_modules(modules, settings, TABLE_ROUNDS, export)
+    ]
 
 
 def _export_part(module: nn.Module, example: torch.Tensor, path: str) -> None:
@@ -551,8 +575,9 @@ def lut_error(
     measured with `measure_architecture` and predicted with `table.predict_ms`.
 
     Returns `median_abs_error`, `mean_abs_error` and `p90_abs_error` of the relative error
-    `(predicted - measured) / measured` (0.1 = 10 %), `count`, `fingerprint`, and `rows`: per architecture its
-    `encoding`, `measured_ms`, `predicted_ms` and signed `error`. Raises `ValueError` when the table was built for
+    `(predicted - measured) / measured` (0.1 = 10 %), `count`, `unstable` (measurements flagged unsteady),
+    `fingerprint`, and `rows`: per architecture its `encoding`, `measured_ms`, `predicted_ms`, signed `error`, and the
+    measurement's `spread` and `stable` flag. Raises `ValueError` when the table was built for
     another space or another device fingerprint than `settings` give here.
     """
     settings = settings.validate()
@@ -565,14 +590,16 @@ def lut_error(
     rng = random.Random(seed)
     rows = []
     for arch in tqdm([space.sample(rng) for _ in range(count)], desc="LUT error", unit="arch", disable=not progress):
-        measured = measure_architecture(supernet, arch, settings).median_ms
-        predicted = table.predict_ms(arch)
+        measurement = measure_architecture(supernet, arch, settings)
+        measured, predicted = measurement.median_ms, table.predict_ms(arch)
         rows.append(
             {
                 "encoding": space.encode(arch),
                 "measured_ms": measured,
                 "predicted_ms": predicted,
                 "error": (predicted - measured) / measured,
+                "spread": measurement.spread,
+                "stable": measurement.stable,
             }
         )
     errors = np.abs([row["error"] for row in rows])
@@ -581,6 +608,7 @@ def lut_error(
         "mean_abs_error": float(np.mean(errors)),
         "p90_abs_error": float(np.percentile(errors, 90)),
         "count": count,
+        "unstable": sum(not row["stable"] for row in rows),
         "fingerprint": table.fingerprint,
         "rows": rows,
     }

@@ -7,6 +7,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
 from evonets.data.paths import shared_data_dir
 
@@ -44,6 +45,17 @@ for package in OUR_PACKAGES:
     else:
         raise SystemExit(f"{{package}} is still importable")
 """
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch at one intra-op thread for a module's tests (restored after). Their networks are tiny: a second thread
+    only adds synchronisation, which on a busy 2-core machine costs 10-20x in wall time (measured), and latency is
+    measured at one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -185,13 +185,17 @@ def test_the_table_is_large():
     assert len(CASES) >= 40
 
 
-def test_a_null_section_in_the_yaml_is_named(tmp_path, capsys):
+@pytest.mark.parametrize(
+    "yaml_text, name",
+    [("search: null\n", "search"), ("distill:\n  trainer: null\n", "distill.trainer")],  # also inside an optional one
+)
+def test_a_null_section_in_the_yaml_is_named(tmp_path, capsys, yaml_text, name):
     config = tmp_path / "run.yaml"
-    config.write_text("search: null\n")
+    config.write_text(yaml_text)
     with pytest.raises(SystemExit) as raised:
         search_cli("--config", str(config))
     assert raised.value.code == 2
-    assert "Config section search is null" in capsys.readouterr().err
+    assert f"Config section {name} is null" in capsys.readouterr().err
 
 
 def test_flop_counter_mode_works_under_no_grad_on_scan_networks():

@@ -28,12 +28,7 @@ FAST = {"warmup": 1, "repeats": 5, "num_threads": 1}
 scan_module = importlib.import_module("evonets.models.selective_scan")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _small_space() -> EvoNetSupernetConfig:
@@ -174,12 +169,15 @@ def test_time_interleaved_counts_and_spreads_the_runs():
     counts = [0, 0, 0]
     calls = [lambda index=index: counts.__setitem__(index, counts[index] + 1) for index in range(3)]
     samples = _time_interleaved(calls, warmup=2, repeats=7, rounds=3)
-    assert [len(seconds) for seconds in samples] == [7, 7, 7]
+    assert [[len(times) for times in rounds] for rounds in samples] == [[3, 2, 2]] * 3  # samples[call][round]
     assert counts == [2 + 7 + 3] * 3  # warm-up, timed runs, one re-warm per round
-    assert all(value >= 0 for seconds in samples for value in seconds)
+    assert all(value >= 0 for rounds in samples for times in rounds for value in times)
     single = [0]
-    (seconds,) = _time_interleaved([lambda: single.__setitem__(0, single[0] + 1)], warmup=3, repeats=4, rounds=1)
-    assert len(seconds) == 4 and single == [7]
+    (rounds,) = _time_interleaved([lambda: single.__setitem__(0, single[0] + 1)], warmup=3, repeats=4, rounds=1)
+    assert [len(times) for times in rounds] == [4] and single == [7]
+    # A floor per call and round (the reference's): more runs of that call only.
+    samples = _time_interleaved(calls, warmup=0, repeats=2, rounds=2, least_per_round=[0, 0, 3])
+    assert [[len(times) for times in rounds] for rounds in samples] == [[1, 1], [1, 1], [3, 3]]
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,6 @@ import statistics
 
 import numpy as np
 import pytest
-import torch
 
 from evonets import EvoNetSupernet, EvoNetSupernetConfig
 from evonets.deploy.fingerprint import device_fingerprint
@@ -27,12 +26,7 @@ from search.latency_table import (
 FAST = {"warmup": 1, "repeats": 5, "num_threads": 1}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _small_space(**kwargs) -> EvoNetSupernetConfig:

@@ -33,14 +33,7 @@ def _images(arch: dict, batch: int = 2, seed: int = 0) -> torch.Tensor:
     return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These subnets are tiny (widths 8-48): one thread runs them as fast as two, and is immune to the OpenMP stalls
-    that a busy 2-core machine inflicts on two-thread runs (measured there: 10x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -58,14 +58,7 @@ def processor() -> RTDetrImageProcessorPil:
     return RTDetrImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, do_normalize=True)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The detectors here are tiny: a second intra-op thread only adds synchronisation, which on a busy 2-core
-    machine costs 10-20x in wall time (measured)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

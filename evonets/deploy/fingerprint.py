@@ -1,7 +1,8 @@
 """Device fingerprints: what a latency depends on besides the network, as a JSON-able dict and a short key.
 
 `device_fingerprint(settings)` records the CPU model and vector ISA, cores, threads, runtime (PyTorch or onnxruntime),
-selective-scan backend, batch, clock, allocator and library versions. Latencies with different fingerprints are not
+selective-scan backend, batch, clock, allocator, the reference network latency is expressed against, and library
+versions. Latencies with different fingerprints are not
 comparable; `fingerprint_key` is the short hash that says whether two are.
 
 A fingerprint is a report: computing one reads the machine, the libraries and this process, and changes none of
@@ -24,6 +25,7 @@ import torch
 
 from evonets.deploy.allocator import can_keep_freed_memory, freed_memory_kept
 from evonets.deploy.onnx_export import EXPORT_SCAN_BACKEND
+from evonets.deploy.reference import REFERENCE_ID
 from evonets.engine.identity import digest
 from evonets.models.selective_scan import resolve_backend
 
@@ -38,6 +40,7 @@ class FingerprintedSettings(Protocol):
     batch_size: int
     clock: str
     keep_freed_memory: bool
+    reference: bool
 
     @property
     def threads(self) -> int: ...
@@ -88,6 +91,8 @@ def device_fingerprint(settings: FingerprintedSettings) -> dict:
         "dtype": "float32",
         "clock": settings.clock,
         "allocator": allocator_state(settings),
+        # Latencies are expressed in the reference network's long-run milliseconds (`evonets.deploy.reference`).
+        "reference": REFERENCE_ID if settings.reference else None,
         "torch": torch.__version__,
         "onnxruntime": _onnxruntime_version() if settings.backend == "onnxruntime" else None,
         # The installed distribution's version: the package root (`evonets.__version__`) sits above this layer.

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
+import types
+import typing
 from pathlib import Path
 
 
@@ -77,21 +80,32 @@ def parse_config(config_class: type, argv: list[str] | None, prog: str, descript
 
 def _null_sections(config_class: type, namespace, prefix: str = "") -> list[str]:
     """Dotted names of the nested config dataclasses that the YAML set to null (jsonargparse would fail on them with
-    a bare TypeError)."""
+    a bare TypeError), at any depth: also inside an optional section that is given (`distill: {trainer: null}`),
+    while an optional section itself may be null."""
     found = []
-    for name, field in config_class.__dataclass_fields__.items():
-        kind = field.type if isinstance(field.type, type) else None
-        if kind is None:  # postponed annotations: the field's default factory tells the nested dataclass
-            default = field.default_factory() if callable(field.default_factory) else None
-            kind = type(default) if dataclasses.is_dataclass(default) else None
-        if kind is None or not dataclasses.is_dataclass(kind):
+    hints = typing.get_type_hints(config_class)
+    for name in config_class.__dataclass_fields__:
+        kind, optional = _section_type(hints.get(name))
+        if kind is None:
             continue
         value = namespace.get(name) if hasattr(namespace, "get") else getattr(namespace, name, None)
         if value is None:
-            found.append(prefix + name)
-        else:
+            if not optional:
+                found.append(prefix + name)
+        elif not dataclasses.is_dataclass(value):  # a jsonargparse Namespace of the section's fields
             found += _null_sections(kind, value, f"{prefix}{name}.")
     return found
+
+
+def _section_type(annotation) -> tuple[type | None, bool]:
+    """(the config dataclass a field holds, whether it may be None); (None, False) for a plain field."""
+    arguments = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else ()
+    classes = [argument for argument in arguments if dataclasses.is_dataclass(argument)]
+    if len(classes) == 1 and type(None) in arguments:
+        return classes[0], True
+    if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
+        return annotation, False
+    return None, False
 
 
 def field_error(name: str, value, expected: str) -> ValueError:
@@ -118,6 +132,11 @@ def is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def is_real(value) -> bool:
+    """A finite int or float that is not a bool (nor a string, nor NaN or infinity)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def check_field(condition: bool, name: str, value, expected: str) -> None:
     """Raise `field_error(name, value, expected)` unless `condition`."""
     if not condition:
@@ -130,6 +149,7 @@ __all__ = [
     "check_writable_folder",
     "field_error",
     "is_int",
+    "is_real",
     "parse_config",
     "section_argv",
 ]
