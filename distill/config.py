@@ -59,9 +59,15 @@ class TeacherTrainConfig:
 class TeacherConfig:
     """The teacher of cross-architecture distillation."""
 
+    family: Literal["transformers", "cifar_resnet"] = "transformers"
+    """`transformers`: any transformers image-classification model (ConvNeXt(V2), ViT, DeiT, DINOv2 classifier,
+    ResNet, Swin, an EvoNet, ...), `path` a local folder or Hub id. `cifar_resnet`: a CIFAR ResNet of He et al.
+    (ResNet-20 / 56, `distill/cifar_resnet.py`), `path` its `.safetensors` file (`../shared/data/teachers`); it sees
+    32 px images normalised with the ImageNet mean / std, whatever the data's."""
+
     path: str | None = None
-    """Local folder or Hub id of any transformers image-classification model (ConvNeXt(V2), ViT, DeiT, DINOv2
-    classifier, ResNet, Swin, an EvoNet, ...). None: no teacher (teacher KD and feature terms are off)."""
+    """The teacher: a model folder or Hub id (`family: transformers`) or a `.safetensors` file (`cifar_resnet`).
+    None: no teacher (teacher KD and feature terms are off)."""
 
     train_if_missing: bool = False
     """When `path` is a local folder that does not exist yet, train a teacher from scratch (see `train`) on the same
@@ -69,7 +75,14 @@ class TeacherConfig:
 
     stages: list[int] = field(default_factory=lambda: [-2, -1])
     """Indices into the teacher's `hidden_states` (0 = embeddings / stem, negatives count from the end) aligned
-    with `loss.student_stages`, pair by pair. ViT-style tokens are reshaped to their (H, W) grid."""
+    with `loss.student_stages`, pair by pair. ViT-style tokens are reshaped to their (H, W) grid. A CIFAR ResNet's are
+    (stem, layer1, layer2, layer3): 16x32x32, 16x32x32, 32x16x16, 64x8x8 at 32 px."""
+
+    check_test_images: int | None = None
+    """When a distillation loads the teacher, its accuracy on the data's test split (`data.test_split`) is printed and
+    logged (`teacher_check` row of train_log.jsonl): a check that the right weights and preprocessing were loaded.
+    Nothing is selected on it. None: the whole test split; N: a seeded class-stratified subset of N images; 0: no
+    check. Only for a teacher whose classes are the data's (`loss.kd_weight` > 0)."""
 
     image_size: int | None = None
     """Resolution the teacher sees. Default: the `size` of the teacher's preprocessor_config.json if it has one,
@@ -282,6 +295,7 @@ class DistillConfig:
     def validate(self) -> DistillConfig:
         """Raise `ValueError` naming the first invalid field; return self."""
         self._validate_data()
+        self._validate_teacher()
         self._validate_loss()
         self._validate_sampling()
         self._validate_trainer()
@@ -289,15 +303,23 @@ class DistillConfig:
 
     def _validate_data(self) -> None:
         data = self.data
-        if data.source in ("imagefolder", "load_from_disk", "hub") and not data.path:
+        if data.source in ("imagefolder", "parquet", "load_from_disk", "hub") and not data.path:
             raise field_error("data.path", data.path, f"a folder or dataset id (data.source = {data.source!r})")
+        test_splits = {"test", data.test_split} - {None}
         for name in ("train_split", "validation_split"):
             check_field(
-                getattr(data, name) != "test",
+                getattr(data, name) not in test_splits,
                 f"data.{name}",
                 getattr(data, name),
-                "not 'test' (the test split is for the final report only; training and search never read it)",
+                f"not {sorted(test_splits)} (the test split is for the final report only; training and search never "
+                "read it)",
             )
+        check_field(
+            data.max_train_samples is None or data.max_train_samples >= 1,
+            "data.max_train_samples",
+            data.max_train_samples,
+            "None (all) or >= 1",
+        )
         check_field(
             0.0 < data.validation_fraction < 1.0, "data.validation_fraction", data.validation_fraction, "in (0, 1)"
         )
@@ -312,6 +334,28 @@ class DistillConfig:
         )
         check_field(all(s > 0 for s in data.image_std), "data.image_std", data.image_std, "positive numbers")
         check_field(data.check_samples >= 0, "data.check_samples", data.check_samples, ">= 0")
+
+    def _validate_teacher(self) -> None:
+        teacher = self.teacher
+        check_field(
+            not (teacher.family == "cifar_resnet" and teacher.train_if_missing),
+            "teacher.train_if_missing",
+            teacher.train_if_missing,
+            "false with teacher.family cifar_resnet (a CIFAR ResNet is loaded from its .safetensors file, not trained)",
+        )
+        check_field(
+            teacher.check_test_images is None or teacher.check_test_images >= 0,
+            "teacher.check_test_images",
+            teacher.check_test_images,
+            "None (the whole test split), 0 (no check) or a positive number of images",
+        )
+        tt = teacher.train
+        check_field(
+            len(tt.hidden_sizes) >= 1 and len(tt.depths) == len(tt.hidden_sizes),
+            "teacher.train.depths",
+            tt.depths,
+            f"one entry per hidden size ({tt.hidden_sizes})",
+        )
 
     def _validate_loss(self) -> None:
         loss = self.loss
@@ -374,13 +418,6 @@ class DistillConfig:
             trainer.num_threads is None or trainer.num_threads >= 1, "trainer.num_threads", trainer.num_threads, ">= 1"
         )
         check_field(trainer.total_limit >= 1, "trainer.total_limit", trainer.total_limit, ">= 1")
-        tt = self.teacher.train
-        check_field(
-            len(tt.hidden_sizes) >= 1 and len(tt.depths) == len(tt.hidden_sizes),
-            "teacher.train.depths",
-            tt.depths,
-            f"one entry per hidden size ({tt.hidden_sizes})",
-        )
         check_writable_folder("trainer.output_dir", trainer.output_dir)
 
     @property

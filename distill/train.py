@@ -28,5 +28,11 @@ def main(argv: list[str] | None = None):
     return train(config)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console script's entry: `main`, exiting with status 0 once it succeeds (the object `main` returns is for
+    Python callers; returned to the script's `sys.exit` it would print and exit 1)."""
     main()
+
+
+if __name__ == "__main__":
+    cli()

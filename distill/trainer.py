@@ -10,7 +10,8 @@ one). `DistillRun` does it in five jobs:
    train_loader, val_loader, scheduler)`; a `CheckpointManager` over them, the sandwich sampler and the loop's step
    counter;
 2. **resume** from the latest complete checkpoint (`trainer.resume`; `evonets.engine.checkpoints`), or **start**
-   (the run's `config.yaml` and a `start` row);
+   (the run's `config.yaml` and a `start` row); then the teacher's accuracy on the test split, printed and logged as a
+   check of the loaded weights (`teacher.check_test_images`; nothing is selected on it);
 3. **steps** (`evonets.engine.training.TrainingLoop`, resuming inside the epoch with `skip_first_batches`): per
    optimizer step the sampler's subnets (largest first), each forward + backward on the same batch (gradients
    accumulate; the largest's detached logits and projected features supervise the others:
@@ -130,6 +131,7 @@ class DistillRun:
             self.resume()
         else:
             self.start()
+        self.check_teacher()
         self.accelerator.init_trackers("distill", config=flat_config(self.config))
         self.sandwich = SandwichStep(self)
         callback = DistillCallback(self)
@@ -217,7 +219,38 @@ class DistillRun:
             config.data.image_std,
             config.teacher.image_size,
             require_labels=config.loss.kd_weight > 0,
+            family=config.teacher.family,
         ).to(self.accelerator.device)
+
+    def check_teacher(self) -> None:
+        """Print and log the teacher's accuracy on the test split (`teacher.check_test_images`), on the main process:
+        a check that the right weights and preprocessing were loaded. Nothing is selected on it. Skipped without a
+        teacher whose classes are the data's, or without a test split."""
+        config = self.config
+        count = config.teacher.check_test_images
+        if not (self.main and self.teacher is not None and config.loss.kd_weight > 0 and count != 0):
+            return
+        from evonets.data.classification import load_test_data
+
+        from .teachers import teacher_accuracy
+
+        test = load_test_data(config.data, self.data, max_samples=count)
+        if test is None:
+            self.log.say(f"teacher check skipped: the data has no test split {config.data.test_split!r}")
+            return
+        accuracy = teacher_accuracy(self.teacher, test)
+        self.log.say(
+            f"teacher {config.teacher.path}: test accuracy {accuracy:.4f} on {len(test)} images (a check of the "
+            "loaded weights; nothing is selected on it)"
+        )
+        self.log.write(
+            {
+                "event": "teacher_check",
+                "teacher": config.teacher.path,
+                "test_accuracy": accuracy,
+                "test_images": len(test),
+            }
+        )
 
     def build_student(self, space_config) -> DistillModule:
         """The supernet (seeded with `trainer.seed`) and the loss's projectors to the teacher's feature widths."""

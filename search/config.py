@@ -8,7 +8,6 @@ types cannot and raises `ValueError` naming the field and the allowed values bef
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field
 from typing import Literal
@@ -16,7 +15,7 @@ from typing import Literal
 from distill import DistillConfig
 from evonets.data.config import DataConfig
 from evonets.deploy.latency import LatencySettings
-from evonets.engine.cli import check_field, check_writable_folder
+from evonets.engine.cli import check_field, check_writable_folder, is_real
 from search.run_folder import OBJECTIVES, Constraint
 
 
@@ -25,8 +24,10 @@ class EvolutionConfig:
     """The nevergrad optimizer, the objectives and the budget."""
 
     optimizer: str = "DiscreteLenglerOnePlusOne"
-    """A nevergrad optimizer name (`nevergrad.optimizers.registry`), or `random` (the baseline, `RandomSearch`).
-    Multi-objective: nevergrad ranks a candidate by the hypervolume it adds to its Pareto front."""
+    """A nevergrad optimizer name (`nevergrad.optimizers.registry`), `random` (the baseline, `RandomSearch`), or
+    `DiscreteSMSEMOA` (ours, `search/pareto_evolution.py`: non-dominated sorting, hypervolume-contribution survivors,
+    categorical-aware mutation, no architecture asked twice). Multi-objective: nevergrad ranks a candidate by the
+    hypervolume it adds to its Pareto front."""
 
     budget: int = 100
     """Candidates to ask for (duplicates the optimizer proposes again are told from the cache, not re-evaluated)."""
@@ -108,6 +109,50 @@ class PoolConfig:
 
 
 @dataclass
+class BenchmarkConfig:
+    """A tabular benchmark (`search/benchmark.py`): NAS-Bench-201 cells looked up in a table instead of scored on a
+    supernet. No supernet is built or loaded, and latency is the table's (nothing is timed)."""
+
+    table: str | None = None
+    """A parquet table with one row per NAS-Bench-201 cell (15,625): an `arch` column of cell strings
+    (`|nor_conv_3x3~0|+|...|`) and numeric columns, e.g. `../shared/data/nasbench201/nb201_cifar10_pi5.parquet`."""
+
+    fitness_column: str = "cifar10_val_accuracy"
+    """The accuracy the search optimises (error = 1 - value / accuracy_scale)."""
+
+    report_column: str | None = "cifar10_test_accuracy"
+    """An independent accuracy that scores the final front in `summary.md` and `pareto.json` only: the workers never
+    read it and the optimizer is never told it. None: no report."""
+
+    latency_column: str = "pi5_onnx_latency_ms"
+    """The cost objective (`latency_ms`), as the table has it (another cost works too, e.g. `pi5_onnx_energy_mj`)."""
+
+    accuracy_scale: float = 100.0
+    """The full mark of the accuracy columns: 100 for percentages, 1 for fractions."""
+
+    def validate(self) -> None:
+        """Check the fields and the table itself (every cell once, the columns numeric and finite, accuracies within
+        the scale), so that a bad table is an error naming the field before any worker starts."""
+        from search.benchmark import check_table
+
+        check_field(self.table is not None, "benchmark.table", self.table, "a parquet table path")
+        check_field(
+            is_real(self.accuracy_scale) and self.accuracy_scale > 0,
+            "benchmark.accuracy_scale",
+            self.accuracy_scale,
+            "a finite number > 0 (100 for percentages, 1 for fractions)",
+        )
+        check_field(
+            self.report_column != self.fitness_column,
+            "benchmark.report_column",
+            self.report_column,
+            f"a column other than benchmark.fitness_column = {self.fitness_column!r} (the report must not be what "
+            "the search optimises), or null",
+        )
+        check_table(self.table, self.fitness_column, self.latency_column, self.report_column, self.accuracy_scale)
+
+
+@dataclass
 class SearchConfig:
     """Search a trained EvoNet supernet for the Pareto front of error, latency and MACs."""
 
@@ -120,6 +165,10 @@ class SearchConfig:
 
     data: DataConfig | None = None
     """Data for the fitness (its validation split only). Default: `distill.data`."""
+
+    benchmark: BenchmarkConfig | None = None
+    """A tabular benchmark to search instead of a supernet (`configs/nb201.yaml`); `supernet`, `distill` and `data`
+    stay unset."""
 
     search: EvolutionConfig = field(default_factory=EvolutionConfig)
     """Optimizer, objectives, constraints, budget."""
@@ -145,10 +194,12 @@ class SearchConfig:
 
     def validate(self) -> SearchConfig:
         """Raise `ValueError` naming the first invalid field; return self."""
-        if self.supernet is None and self.distill is None:
+        if self.benchmark is not None:
+            self._validate_benchmark()
+        elif self.supernet is None and self.distill is None:
             raise ValueError(
-                "Config fields supernet and distill are both unset: expected a supernet folder (--supernet PATH) or "
-                "a 'distill:' section that trains one."
+                "Config fields supernet and distill are both unset: expected a supernet folder (--supernet PATH), "
+                "a 'distill:' section that trains one, or a 'benchmark:' table."
             )
         if self.distill is not None:
             self.distill.validate()
@@ -197,6 +248,24 @@ class SearchConfig:
                 raise ValueError(f"Config field pool.{error}") from None
         return self
 
+    def _validate_benchmark(self) -> None:
+        """A benchmark run has no supernet, and minimises what a table gives: error and latency."""
+        from search.benchmark import TABLE_OBJECTIVES
+
+        for name in ("supernet", "distill", "data"):
+            if getattr(self, name) is not None:
+                raise ValueError(
+                    f"Config field {name} is set together with benchmark: a benchmark run looks cells up in a table "
+                    "and loads no supernet or data; set one of them."
+                )
+        objectives = self.search.objectives
+        expected = f"entries of {list(TABLE_OBJECTIVES)} (what a benchmark table gives)"
+        check_field(set(objectives) <= set(TABLE_OBJECTIVES), "search.objectives", objectives, expected)
+        for text in self.search.constraints:
+            constraint = Constraint.parse(text)
+            check_field(constraint.objective in TABLE_OBJECTIVES, "search.constraints", text, f"bounds on {expected}")
+        self.benchmark.validate()
+
     @property
     def constraints(self) -> list[Constraint]:
         return [Constraint.parse(text) for text in self.search.constraints]
@@ -217,12 +286,12 @@ def _check_reference_point(reference: dict[str, float], objectives: list[str]) -
     check_field(not missing, "search.reference_point", reference, f"a value for each of {missing}")
     for name in objectives:
         value = reference[name]
-        finite = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        check_field(finite and value > 0, f"search.reference_point.{name}", value, "a finite number > 0")
+        check_field(is_real(value) and value > 0, f"search.reference_point.{name}", value, "a finite number > 0")
 
 
 __all__ = [
     "OBJECTIVES",
+    "BenchmarkConfig",
     "Constraint",
     "EvolutionConfig",
     "FitnessConfig",

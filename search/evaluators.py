@@ -129,4 +129,51 @@ def make_evaluator(spec: dict) -> SupernetEvaluator:
     return SupernetEvaluator(FitnessSpec(**spec))
 
 
-__all__ = ["FitnessSpec", "SupernetEvaluator", "batchnorm_layers", "make_evaluator", "recalibrate_batchnorm"]
+@dataclass
+class TableSpec:
+    """What a worker needs to look cells up in a benchmark table (`search.benchmark`): the table and its fitness
+    column only, so the report column cannot reach the search through a worker."""
+
+    table: str
+    fitness_column: str
+    accuracy_scale: float = 100.0
+
+    def key(self) -> str:
+        """Hash of the table and the column read: equal keys give equal fitness."""
+        from search.benchmark import table_key
+
+        return table_key(self.table, {"fitness_column": self.fitness_column, "accuracy_scale": self.accuracy_scale})
+
+
+class TableEvaluator:
+    """Scores cells by looking them up in a benchmark table: `{"accuracy"}` (the fitness column as a fraction); a
+    table has no MACs or parameters to count, and its latency is the coordinator's (`BenchmarkTable.estimate`)."""
+
+    def __init__(self, spec: TableSpec):
+        from search.benchmark import accuracies, read_columns
+        from search.cell_space import CellSearchSpace
+
+        self.space = CellSearchSpace()
+        field = "benchmark.fitness_column"
+        values = read_columns(spec.table, {field: spec.fitness_column}, self.space)[spec.fitness_column]
+        self.accuracy = accuracies(values, field, spec.fitness_column, spec.accuracy_scale)
+
+    def __call__(self, payload: dict) -> dict:
+        return {"accuracy": self.accuracy[self.space.encode(self.space.decode(payload["encoding"]))]}
+
+
+def make_table_evaluator(spec: dict) -> TableEvaluator:
+    """Entry point for pool workers of a benchmark run (as `make_evaluator` for a supernet)."""
+    return TableEvaluator(TableSpec(**spec))
+
+
+__all__ = [
+    "FitnessSpec",
+    "SupernetEvaluator",
+    "TableEvaluator",
+    "TableSpec",
+    "batchnorm_layers",
+    "make_evaluator",
+    "make_table_evaluator",
+    "recalibrate_batchnorm",
+]

@@ -2,7 +2,8 @@
 
 The parametrization is generated from `SearchSpace.genes` (the one encoding of an architecture): an ordered gene
 (resolution, depth, width, sizes) becomes a `TransitionChoice`, whose mutations move to neighbouring values, and a
-block type a `Choice`. A candidate's value maps back with `space.from_genes`.
+block type a `Choice`. A candidate's value maps back with `space.from_genes`. Besides nevergrad's registry,
+`DiscreteSMSEMOA` (`search.pareto_evolution`) is ours, a nevergrad optimizer too.
 
 Objectives are told to nevergrad divided by the run's fixed reference point (so error, milliseconds and MACs weigh
 alike), after a `MultiobjectiveReference` tell of ones that fixes nevergrad's own hypervolume bounds. Constraint
@@ -28,21 +29,31 @@ RANDOM_SEARCH = "RandomSearch"
 logger = logging.getLogger(__name__)
 
 
+COMMON_OPTIMIZERS = (
+    "DiscreteSMSEMOA",  # ours (search/pareto_evolution.py), run as a nevergrad optimizer
+    "DiscreteLenglerOnePlusOne",
+    "PortfolioDiscreteOnePlusOne",
+    "DiscreteDE",
+    "TwoPointsDE",
+    "NGOpt",
+    "CMA",
+    "random",
+)
+"""The optimizers worth trying on a discrete space (named in errors, compared by bench/bench_optimizers.py)."""
+
+
 def optimizer_class(name: str):
-    """The nevergrad optimizer registered as `name` (`random` is `RandomSearch`); `ValueError` lists some names."""
+    """The nevergrad optimizer registered as `name` (`random` is `RandomSearch`), or ours (`DiscreteSMSEMOA`,
+    `search.pareto_evolution`); `ValueError` lists some names."""
     import nevergrad as ng
 
+    from .pareto_evolution import DiscreteSMSEMOA
+
+    if name == DiscreteSMSEMOA.__name__:  # ours, beside nevergrad's registry
+        return DiscreteSMSEMOA
     registered = RANDOM_SEARCH if name == "random" else name
     if registered not in ng.optimizers.registry:
-        common = [
-            "DiscreteLenglerOnePlusOne",
-            "PortfolioDiscreteOnePlusOne",
-            "DiscreteDE",
-            "TwoPointsDE",
-            "NGOpt",
-            "CMA",
-            "random",
-        ]
+        common = list(COMMON_OPTIMIZERS)
         raise ValueError(
             f"Config field search.optimizer = {name!r} is invalid: expected a name in nevergrad.optimizers.registry "
             f"({len(ng.optimizers.registry)} optimizers), e.g. {common}."
@@ -68,11 +79,15 @@ class Evolution:
     def __init__(self, space, optimizer: str, budget: int, seed: int, num_workers: int, num_objectives: int):
         import nevergrad as ng
 
+        from .pareto_evolution import DiscreteSMSEMOA
+
         self.space = space
         self.name = optimizer
         self.optimizer = optimizer_class(optimizer)(
             parametrization=parametrization(space, seed), budget=budget, num_workers=max(1, num_workers)
         )
+        if isinstance(self.optimizer, DiscreteSMSEMOA):  # one key per architecture: unused genes do not count
+            self.optimizer.canonical = lambda values: space.hash(space.from_genes(values))
         self.num_objectives = num_objectives
         if num_objectives > 1:  # objectives arrive divided by the reference point: ones bound nevergrad's hypervolume
             self.optimizer.tell(ng.p.MultiobjectiveReference(), [1.0] * num_objectives)

@@ -43,16 +43,19 @@ def front_rows(front: list[dict], objectives: list[str]) -> list[dict]:
         row = {"hash": record["hash"], "accuracy": record["metrics"]["accuracy"]}
         row.update({name: record["objectives"][name] for name in objectives})
         row["latency_iqr_ms"] = record["latency"].get("iqr_ms")
+        row["latency_spread"] = record["latency"].get("spread")
+        row["latency_stable"] = record["latency"].get("stable")
         row["encoding"] = record["encoding"]
         rows.append(row)
     return rows
 
 
-def markdown_table(rows: list[dict], objectives: list[str]) -> str:
-    header = ["hash", "accuracy", *objectives, "encoding"]
+def markdown_table(rows: list[dict], objectives: list[str], accuracies: tuple[str, ...] = ("accuracy",)) -> str:
+    """The front as a markdown table; `accuracies`: the accuracy columns of `rows` to show (e.g. a report column's)."""
+    header = ["hash", *accuracies, *objectives, "encoding"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        cells = [row["hash"], f"{row['accuracy']:.4f}"]
+        cells = [row["hash"], *(f"{row[name]:.4f}" for name in accuracies)]
         cells += [_UNITS[name].format(row[name]) for name in objectives]
         cells.append(f"`{row['encoding']}`")
         lines.append("| " + " | ".join(cells) + " |")
@@ -88,7 +91,7 @@ def standalone_check(folder: Path, data_config, space, expected_accuracy: float)
     fitness's preprocessing: images loaded at the largest resolution of the search space `space`, resized to the
     model's (its architecture's, as `space.decode` reads it from the saved config's encoding)."""
     from evonets import EvoNetForImageClassification
-    from evonets.data.classification import load_data
+    from evonets.data.classification import load_data, load_test_data
     from evonets.engine.evaluation import evaluate, tensor_batches
     from search.ranking import validation_tensors
 
@@ -103,28 +106,16 @@ def standalone_check(folder: Path, data_config, space, expected_accuracy: float)
         "search_validation_accuracy": expected_accuracy,
         "matches_search": abs(validation["accuracy"] - expected_accuracy) < 1e-9,
     }
-    test = _test_split(data_config, data, model.config.num_channels)
+    test = load_test_data(data_config, data)
     if test is not None:
-        test_pixels, test_labels = test
+        test_batch = test[:]
+        test_pixels, test_labels = test_batch["pixel_values"], test_batch["labels"]
         test_batches = tensor_batches(test_pixels, test_labels)
         check["test_accuracy"] = evaluate(lambda x: model(x).logits, test_batches, resolution)["accuracy"]
-        train_labels = torch.tensor(list(data.train.with_format(None)[data_config.label_column]))
+        train_labels = torch.tensor(data.train.labels)
         majority = int(torch.bincount(train_labels).argmax())
         check["test_majority_baseline"] = float((test_labels == majority).float().mean())
     return check
-
-
-def _test_split(data_config, data, num_channels: int):
-    """(pixel_values, labels) of the test split, for the final report; None when the data has none here."""
-    if data_config.source != "digits":
-        return None
-    from evonets.data.classification import collate, make_transform
-    from evonets.data.digits import load_digits_dataset
-
-    test = load_digits_dataset(seed=data_config.seed)["test"]
-    test = test.with_transform(make_transform(data.processor, data_config, num_channels))
-    batch = collate([test[i] for i in range(len(test))])
-    return batch["pixel_values"], batch["labels"]
 
 
 def write_outputs(result, config, supernet, supernet_dir: Path, info: dict, oracle, timing: dict) -> None:
@@ -162,8 +153,65 @@ def write_outputs(result, config, supernet, supernet_dir: Path, info: dict, orac
     _print_front(result, table, check)
 
 
-def write_front(output_dir: Path, result, info: dict, timing: dict, rows: list[dict]) -> None:
-    """`pareto.json` (the run settings, hypervolume, counts, timing and front members) and `pareto.csv` (`rows`)."""
+def write_benchmark_outputs(result, config, info: dict, table, timing: dict) -> None:
+    """The outputs of a benchmark run (`search.benchmark`): `pareto.json` / `.csv` / `.png` and `summary.md`, with the
+    front chosen on the fitness column and scored with the report column (`table.report`); no model folders."""
+    output_dir = Path(result.output_dir)
+    objectives = list(config.search.objectives)
+    report = table.report(result.front, objectives, info["reference_point"])
+    rows = front_rows(result.front, objectives)
+    accuracies = ("accuracy",)
+    if report is not None:
+        accuracies += ("report_accuracy",)
+        for row in rows:
+            row["report_accuracy"] = report["accuracy"][row["hash"]]
+    write_front(output_dir, result, info, timing, rows, report)
+    plot_run(output_dir / PLOT, result, objectives, config.constraints, info["latency_mode"])
+    benchmark, seconds = config.benchmark, timing["search_seconds"]
+    constraints = [str(constraint) for constraint in config.constraints]
+    lines = [
+        f"# Benchmark run `{result.output_dir}`",
+        "",
+        (
+            f"- table `{benchmark.table}`: fitness `{benchmark.fitness_column}`, latency `{benchmark.latency_column}` "
+            f"(the table's values; nothing is timed), report `{benchmark.report_column}`"
+        ),
+        (
+            f"- optimizer `{info['optimizer']}`, seed {info['seed']}, {len(result.records)} results "
+            f"({result.evaluations} looked up this session, the rest repeated cells or resumed)"
+        ),
+        f"- objectives {objectives}; constraints {constraints or 'none'}; reference point {info['reference_point']}",
+        f"- hypervolume on the fitness column (what the search optimised): {result.hypervolume:.4f}",
+    ]
+    if report is not None:
+        lines.append(
+            f"- **hypervolume scored with the report column `{report['column']}`: {report['hypervolume']:.4f}** (the "
+            f"front chosen on `{benchmark.fitness_column}`, each member's error taken from `{report['column']}`, "
+            "which the search never sees)"
+        )
+    lines += [
+        (
+            f"- search loop {seconds:.1f} s ({timing['evaluated'] / max(seconds, 1e-9):.1f} look-ups/s; ask/tell and "
+            f"bookkeeping {1000 * timing['ask_tell_seconds'] / max(1, timing['evaluated']):.2f} ms per look-up); "
+            f"whole run {result.seconds:.1f} s"
+        ),
+        "",
+        f"## Pareto front ({len(result.front)} members, chosen on `{benchmark.fitness_column}`)",
+        "",
+        markdown_table(rows, objectives, accuracies),
+        "",
+        f"![Pareto front]({PLOT})",
+    ]
+    (output_dir / SUMMARY).write_text("\n".join(lines) + "\n")
+    print("\n".join(lines[:-2]))  # the summary but its plot link
+    print(f"run folder: {result.output_dir} ({SUMMARY}, pareto.json/.csv/.png)")
+
+
+def write_front(
+    output_dir: Path, result, info: dict, timing: dict, rows: list[dict], report: dict | None = None
+) -> None:
+    """`pareto.json` (the run settings, hypervolume, counts, timing, front members and, for a benchmark run, the
+    report column's scores) and `pareto.csv` (`rows`)."""
     pareto = {
         **info,
         "hypervolume": result.hypervolume,
@@ -172,6 +220,8 @@ def write_front(output_dir: Path, result, info: dict, timing: dict, rows: list[d
         "timing": {**timing, "run_seconds": result.seconds},
         "front": result.front,
     }
+    if report is not None:
+        pareto["report"] = report
     (output_dir / PARETO).write_text(json.dumps(pareto, indent=2, sort_keys=True) + "\n")
     with open(output_dir / PARETO_CSV, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["hash"])
@@ -252,6 +302,7 @@ __all__ = [
     "plot_run",
     "standalone_check",
     "summary_lines",
+    "write_benchmark_outputs",
     "write_front",
     "write_outputs",
 ]

@@ -161,24 +161,30 @@ class Constraint:
 
 
 def objectives_of(metrics: dict, latency_ms: float) -> dict[str, float]:
-    """Every objective of a result: its metrics (accuracy, MACs, parameters) and its latency."""
+    """Every objective of a result: error (from its accuracy) and its latency, and MACs and parameters when its
+    evaluator counts them (a supernet's does; a benchmark table's look-up gives accuracy only)."""
+    values = {"error": 1.0 - metrics["accuracy"], "latency_ms": float(latency_ms)}
+    values.update({name: float(metrics[name]) for name in ("macs", "params") if name in metrics})
+    return values
+
+
+def measured_latency(measurement: dict, fingerprint_key: str) -> dict:
+    """A result record's `latency` from a measurement (a `measure_latency` dict): the median and inter-quartile range
+    in milliseconds, with the measurement's spread and stability flag (None / True in records older than them)."""
     return {
-        "error": 1.0 - metrics["accuracy"],
-        "latency_ms": float(latency_ms),
-        "macs": float(metrics["macs"]),
-        "params": float(metrics["params"]),
+        "ms": measurement["median_ms"],
+        "iqr_ms": measurement["iqr_ms"],
+        "spread": measurement.get("spread"),
+        "stable": measurement.get("stable", True),
+        "source": "measured",
+        "fingerprint": fingerprint_key,
     }
 
 
 def apply_latency(record: dict, measurement: dict, constraints: Sequence[Constraint]) -> None:
     """Replace a result record's predicted latency by `measurement` (a `measure_latency` dict), recomputing its
     objectives and, for a successful evaluation, its constraint violations and feasibility."""
-    record["latency"] = {
-        "ms": measurement["median_ms"],
-        "iqr_ms": measurement["iqr_ms"],
-        "source": "measured",
-        "fingerprint": record["latency"]["fingerprint"],
-    }
+    record["latency"] = measured_latency(measurement, record["latency"]["fingerprint"])
     values = objectives_of(record["metrics"], measurement["median_ms"])
     record["objectives"] = {name: values[name] for name in record["objectives"]}
     if "error" not in record:
@@ -258,7 +264,7 @@ _FIELDS = {
     "latency": {"hash": str, "measurement": dict},
 }
 _NUMBERS = {
-    "metrics": ("accuracy", "macs", "params"),
+    "metrics": ("accuracy",),  # and the MACs and parameters a result has or is ranked by (`_record_problem`)
     "latency": ("ms",),
     "measurement": ("median_ms", "iqr_ms"),
 }
@@ -279,6 +285,11 @@ def _record_problem(record: dict, hash_of=None) -> str | None:
             if isinstance(fields.get(key), bool) or not isinstance(fields.get(key), (int, float)):
                 return f"a malformed {kind} record (field {name}.{key} is {fields.get(key)!r}, expected a number)"
     if kind == "result":
+        for name in ("macs", "params"):
+            value = record["metrics"].get(name)
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if (name in record["metrics"] or name in record["objectives"]) and not number:
+                return f"a malformed result record (field metrics.{name} is {value!r}, expected a number)"
         source = record["latency"].get("source")
         if not isinstance(source, str):
             return "a malformed result record (field latency.source is missing)"
@@ -692,6 +703,7 @@ __all__ = [
     "is_run_folder",
     "load_run",
     "locate",
+    "measured_latency",
     "model_folder",
     "objectives_of",
     "plot_front",

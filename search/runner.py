@@ -30,10 +30,13 @@ from pathlib import Path
 
 import yaml
 
+from evonets.engine import identity
 from evonets.engine.archive import JsonlArchive, locked_folder
 from evonets.engine.timer import Accumulator, Stopwatch
-from search.evaluators import FitnessSpec, make_evaluator
+from search.evaluators import FitnessSpec, TableSpec, make_evaluator, make_table_evaluator
 
+from .benchmark import BenchmarkTable
+from .cell_space import CellSearchSpace
 from .config import SearchConfig
 from .evolution import Evolution
 from .latency_table import space_config_hash
@@ -48,6 +51,7 @@ from .run_folder import (
     Constraint,
     apply_latency,
     apply_measurements,
+    measured_latency,
     objectives_of,
     read_archive,
     read_json,
@@ -99,9 +103,9 @@ def resolve_supernet(config: SearchConfig) -> Path:
 class LatencyOracle:
     """Latency of architectures for the run: the look-up table's prediction, or a measurement (cached per hash)."""
 
-    def __init__(self, config: SearchConfig, supernet, space):
+    def __init__(self, config: SearchConfig, supernet, space, run_info: dict | None = None):
         from evonets.deploy.fingerprint import device_fingerprint, fingerprint_key
-        from evonets.deploy.latency import LatencySettings, prepare_process
+        from evonets.deploy.latency import LatencySettings, prepare_process, reference_latency_ms
 
         from .latency_table import LatencyTable
 
@@ -115,6 +119,17 @@ class LatencyOracle:
         # now, before the evaluation workers fork, so the whole run allocates under the measured allocator setting.
         prepare_process(self.settings)
         self.fingerprint = device_fingerprint(self.settings)
+        if self.settings.reference and self.settings.reference_ms is None:
+            # One unit for the whole run: the reference milliseconds it started with on this device (`run_info`, its
+            # `run.json`), else this device's calibration; a recalibration between a kill and the resume changes
+            # nothing.
+            run_info = run_info or {}
+            pinned = (
+                run_info.get("latency_reference_ms")
+                if run_info.get("latency_fingerprint") == self.fingerprint
+                else None
+            )
+            self.settings.reference_ms = pinned or reference_latency_ms(self.settings)
         self.key = fingerprint_key(self.fingerprint)
         self.measured: dict[str, dict] = {}
         self.table = None
@@ -170,14 +185,19 @@ def run(config: SearchConfig) -> SearchResult | None:
     config.validate()
     from accelerate import PartialState
 
-    supernet_dir = resolve_supernet(config)
+    supernet_dir = resolve_supernet(config) if config.benchmark is None else None
     state = PartialState(cpu=True) if _launched_distributed() else None
-    spec = FitnessSpec(
-        supernet=str(supernet_dir),
-        data=asdict(config.fitness_data),
-        batch_size=config.fitness.batch_size,
-    )
-    make = functools.partial(make_evaluator, asdict(spec))
+    if config.benchmark is None:
+        spec = FitnessSpec(
+            supernet=str(supernet_dir),
+            data=asdict(config.fitness_data),
+            batch_size=config.fitness.batch_size,
+        )
+        make = functools.partial(make_evaluator, asdict(spec))
+    else:  # a tabular benchmark: the workers look cells up in the table (its fitness column only)
+        benchmark = config.benchmark
+        spec = TableSpec(benchmark.table, benchmark.fitness_column, benchmark.accuracy_scale)
+        make = functools.partial(make_table_evaluator, asdict(spec))
     if state is not None and not state.is_main_process:
         from .pool import serve
 
@@ -192,7 +212,9 @@ def _launched_distributed() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def _coordinate(config: SearchConfig, supernet_dir: Path, spec: FitnessSpec, make, distributed: bool) -> SearchResult:
+def _coordinate(
+    config: SearchConfig, supernet_dir: Path | None, spec: FitnessSpec | TableSpec, make, distributed: bool
+) -> SearchResult:
     """Rank 0's run, holding the run folder's lock (`RUN_LOCK`) throughout: a second run on the same output_dir fails
     at once; the kernel releases the lock when this process ends, even on `kill -9`, so a restart resumes."""
     with locked_folder(config.output_dir, RUN_LOCK):
@@ -200,20 +222,28 @@ def _coordinate(config: SearchConfig, supernet_dir: Path, spec: FitnessSpec, mak
 
 
 def _coordinate_locked(
-    config: SearchConfig, supernet_dir: Path, spec: FitnessSpec, make, distributed: bool
+    config: SearchConfig, supernet_dir: Path | None, spec: FitnessSpec | TableSpec, make, distributed: bool
 ) -> SearchResult:
-    """Rank 0's run: pin the run folder, resume the optimizer from the archive, search, measure the front, report."""
+    """Rank 0's run: pin the run folder, resume the optimizer from the archive, search, measure the front, report. A
+    benchmark run differs only in its space (NAS-Bench-201 cells), its latency (the table's) and its report."""
     from evonets.models.supernet import EvoNetSupernet
 
-    from .report import write_outputs
+    from .report import write_benchmark_outputs, write_outputs
 
     watch = Stopwatch()
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    supernet = EvoNetSupernet.from_pretrained(supernet_dir).eval()
-    space = supernet.search_space
-    oracle = LatencyOracle(config, supernet, space)
-    info = _pin_run(config, output_dir, supernet_dir, spec.key(), oracle, supernet)
+    if config.benchmark is None:
+        supernet = EvoNetSupernet.from_pretrained(supernet_dir).eval()
+        space = supernet.search_space
+        oracle = LatencyOracle(config, supernet, space, read_json(output_dir / RUN_INFO))
+        info = _pin_run(config, output_dir, supernet_dir, spec.key(), oracle, supernet)
+    else:
+        benchmark, supernet, space = config.benchmark, None, CellSearchSpace()
+        oracle = BenchmarkTable(
+            space, benchmark.table, benchmark.latency_column, benchmark.report_column, benchmark.accuracy_scale
+        )
+        info = _pin_benchmark_run(config, output_dir, spec.key(), oracle, space)
     cache, known = _open_cache(config, info["fitness_key"])
     evolution = Evolution(
         space,
@@ -240,9 +270,12 @@ def _coordinate_locked(
         seconds=watch.seconds,
     )
     timing = {"search_seconds": loop.seconds, "ask_tell_seconds": loop.ask_tell.seconds, "evaluated": loop.evaluated}
-    write_outputs(
-        result, config=config, supernet=supernet, supernet_dir=supernet_dir, info=info, oracle=oracle, timing=timing
-    )
+    if supernet is None:
+        write_benchmark_outputs(result, config=config, info=info, table=oracle, timing=timing)
+    else:
+        write_outputs(
+            result, config=config, supernet=supernet, supernet_dir=supernet_dir, info=info, oracle=oracle, timing=timing
+        )
     return result
 
 
@@ -255,34 +288,62 @@ def _world_size(distributed: bool) -> int:
 def _pin_run(config: SearchConfig, output_dir: Path, supernet_dir: Path, fitness_key: str, oracle, supernet) -> dict:
     """The run's `run.json` (what its results depend on: written, or checked against the run being resumed) and its
     `config.yaml`; returns the run info."""
+    saved = read_json(output_dir / RUN_INFO) or {}  # a damaged run.json: a clear error naming it, first
     space = supernet.search_space
-    saved = read_json(output_dir / RUN_INFO) or {}
-    # Fixed for the whole run: a resumed run keeps the reference point it started with.
-    reference = saved.get("reference_point") or reference_point(config, space, oracle, supernet)
     info = {
         "space": space_config_hash(space.config),
         "fitness_key": fitness_key,
         "latency_fingerprint": oracle.fingerprint,
         "latency_mode": config.latency.mode,
+        "latency_reference_ms": oracle.settings.reference_ms,
         "objectives": list(config.search.objectives),
         "constraints": [str(c) for c in config.constraints],
-        "reference_point": reference,
         "optimizer": config.search.optimizer,
         "seed": config.search.seed,
         "supernet": str(supernet_dir),
     }
+    return _pin(config, output_dir, saved, info, lambda: reference_point(config, space, oracle, supernet))
+
+
+def _pin_benchmark_run(config: SearchConfig, output_dir: Path, fitness_key: str, table, space) -> dict:
+    """`_pin_run` of a benchmark run: the table's columns (`fitness_key`, the latency fingerprint) instead of a
+    supernet, and the configured reference point or the table's default."""
+    saved = read_json(output_dir / RUN_INFO) or {}
+    objectives = list(config.search.objectives)
+    info = {
+        "space": identity.digest(space.identity()),
+        "fitness_key": fitness_key,
+        "latency_fingerprint": table.fingerprint,
+        "latency_mode": table.mode,
+        "objectives": objectives,
+        "constraints": [str(c) for c in config.constraints],
+        "optimizer": config.search.optimizer,
+        "seed": config.search.seed,
+        "supernet": None,
+        "table": str(table.path),
+    }
+    reference = config.search.reference_point or table.reference_point(objectives)
+    return _pin(config, output_dir, saved, info, lambda: {name: float(reference[name]) for name in objectives})
+
+
+def _pin(config: SearchConfig, output_dir: Path, saved: dict, info: dict, new_reference) -> dict:
+    """Write the run's `run.json` (`info` and the reference point), or check it against `saved` (the run.json of the
+    run being resumed), and its `config.yaml`; returns the run info. `new_reference()`: a new run's reference point."""
+    # Fixed for the whole run: a resumed run keeps the reference point it started with.
+    info["reference_point"] = saved.get("reference_point") or new_reference()
     if _changed_settings(saved, info) and not _has_results(output_dir):
         # E.g. the first try stopped on a bad data section before any result: nothing depends on its settings.
         _set_aside_unfinished_start(output_dir)
-        info["reference_point"] = reference_point(config, space, oracle, supernet)
+        info["reference_point"] = new_reference()
     _check_same_run(output_dir / RUN_INFO, info)
     (output_dir / CONFIG).write_text(yaml.safe_dump(asdict(config), sort_keys=False))
     return info
 
 
 def _open_cache(config: SearchConfig, fitness_key: str) -> tuple[JsonlArchive | None, dict[str, dict]]:
-    """The fitness cache shared across runs (None when switched off) and what it knows: hash -> metrics."""
-    if not config.fitness.cache_dir:
+    """The fitness cache shared across runs (None when switched off, and for a benchmark, whose table is its own
+    cache) and what it knows: hash -> metrics."""
+    if not config.fitness.cache_dir or config.benchmark is not None:
         return None, {}
     cache = JsonlArchive(Path(config.fitness.cache_dir).expanduser() / f"{fitness_key}.jsonl")
     return cache, {record["hash"]: record["metrics"] for record in cache.records()}
@@ -502,7 +563,8 @@ class SearchLoop:
             }
             logger.warning("candidate %s failed: %s", self.space.encode(arch), result["error"])
         else:
-            metrics = {key: result[key] for key in ("accuracy", "loss", "macs", "params")}
+            # what the evaluator measured: a supernet's gives all four, a benchmark table's the accuracy only
+            metrics = {key: result[key] for key in ("accuracy", "loss", "macs", "params") if key in result}
             digest = self.space.hash(arch)
             self.known[digest] = metrics
             if self.cache is not None:
@@ -534,7 +596,7 @@ class SearchLoop:
         digest = self.space.hash(arch)
         latency = {"ms": latency_ms, "source": source, "fingerprint": self.oracle.key}
         if source == "measured":
-            latency["iqr_ms"] = self.oracle.measured[digest]["iqr_ms"]
+            latency = measured_latency(self.oracle.measured[digest], self.oracle.key)
         return {
             "kind": "result",
             "index": index,
@@ -559,7 +621,8 @@ def _measured_front(records: list[dict], objectives: list[str], constraints, ora
     constraint checks, recompute, until every front member is measured."""
     while True:
         front = pareto_indices(_points(records, objectives), _feasible(records))
-        unmeasured = [i for i in front if records[i]["latency"]["source"] != "measured"]
+        # the look-up table's predictions; measurements and a benchmark table's values are final
+        unmeasured = [i for i in front if records[i]["latency"]["source"] == "lut"]
         if not unmeasured:
             return front
         for i in unmeasured:
@@ -614,10 +677,12 @@ def _has_results(output_dir: Path) -> bool:
 
 def _changed_settings(saved: dict, info: dict) -> list[str]:
     """The run settings that differ between a saved `run.json` and this run (none for a new folder). The supernet's
-    path may move: its weights are pinned by `fitness_key`."""
+    path may move: its weights are pinned by `fitness_key`; so may a benchmark's table, pinned by `fitness_key` and the
+    latency fingerprint."""
     if not saved:
         return []
-    return sorted(key for key in info.keys() | saved.keys() if key != "supernet" and saved.get(key) != info.get(key))
+    movable = ("supernet", "table")
+    return sorted(key for key in info.keys() | saved.keys() if key not in movable and saved.get(key) != info.get(key))
 
 
 def _check_same_run(path: Path, info: dict) -> None:

@@ -1,28 +1,21 @@
-"""The console scripts of pyproject.toml are installed, point at a `main`, and answer `--help` like the scripts they
-stand for (`python search/run.py`, `python distill/train.py`, ...)."""
+"""The console scripts of pyproject.toml exit with status 0 after a successful run: a script's `sys.exit(target())`
+turns any returned object into status 1 (and prints it), so every target returns None."""
 
-from __future__ import annotations
-
-import shutil
-import subprocess
-import sys
-from importlib.metadata import distribution
+import importlib
 from pathlib import Path
 
 import pytest
+import tomllib
 
-SCRIPTS = {point.name: point for point in distribution("evonets").entry_points if point.group == "console_scripts"}
-
-
-def test_every_pipeline_has_a_console_script():
-    assert set(SCRIPTS) == {"evonets-search", "evonets-distill", "evonets-train-teacher", "evonets-rank-check",
-                            "evonets-hub"}  # fmt: skip
+SCRIPTS = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]["scripts"]
 
 
 @pytest.mark.parametrize("name", sorted(SCRIPTS))
-def test_console_script_is_installed_and_answers_help(name):
-    assert callable(SCRIPTS[name].load())
-    executable = shutil.which(name) or str(Path(sys.executable).parent / name)
-    result = subprocess.run([executable, "--help"], capture_output=True, text=True, timeout=300, check=False)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "usage:" in result.stdout.lower()
+def test_a_successful_run_exits_with_status_zero(name, monkeypatch):
+    module_name, function_name = SCRIPTS[name].split(":")
+    module = importlib.import_module(module_name)
+    if function_name == "main":  # the target is the command itself: it must return nothing
+        assert module.main.__annotations__.get("return") in (None, "None")
+        return
+    monkeypatch.setattr(module, "main", lambda argv=None: {"a": "result object"})
+    assert getattr(module, function_name)() is None

@@ -73,7 +73,9 @@ def _imports(name: str, path: Path) -> list[tuple[str, str | None, int]]:
                 module = node.module
             for alias in node.names:
                 submodule = f"{module}.{alias.name}"
-                found.append((submodule, None, node.lineno) if submodule in MODULES else (module, alias.name, node.lineno))
+                found.append(
+                    (submodule, None, node.lineno) if submodule in MODULES else (module, alias.name, node.lineno)
+                )
     return [item for item in found if item[0].split(".")[0] in PACKAGES]
 
 
@@ -100,7 +102,9 @@ def _violation(importer: str, imported: str) -> str | None:
             return f"{source} may not import {imported.split('.')[0]} (upward or sideways)"
         return f"{source} may import only {sorted(allowed)} of {imported.split('.')[0]}, not {imported}"
     if source == "evonets":
-        return None if target == "evonets.models" else f"the evonets package root imports only the models, not {imported}"
+        return (
+            None if target == "evonets.models" else f"the evonets package root imports only the models, not {imported}"
+        )
     if target in PIPELINE_ENTRY_POINTS:
         return f"{source} is below the pipelines and may not import {imported}"
     if target == "evonets" or target not in EVONETS_LAYERS[source]:

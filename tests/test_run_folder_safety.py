@@ -301,7 +301,8 @@ def _pin(output_dir: Path, fitness_key: str) -> dict:
 
     config = _config(output_dir, reference_point={"error": 1.0, "macs": 1000.0})
     supernet = SimpleNamespace(search_space=SPACE)
-    return _pin_run(config, output_dir, Path("sn"), fitness_key, SimpleNamespace(fingerprint={"cpu": "x"}), supernet)
+    oracle = SimpleNamespace(fingerprint={"cpu": "x"}, settings=SimpleNamespace(reference_ms=0.5))
+    return _pin_run(config, output_dir, Path("sn"), fitness_key, oracle, supernet)
 
 
 def test_a_first_try_that_recorded_no_result_does_not_block_the_corrected_command(tmp_path):

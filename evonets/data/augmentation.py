@@ -9,6 +9,8 @@ loaders call on a dataset each epoch, so `Trainer` does too) gives each epoch ne
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
 
@@ -27,6 +29,12 @@ class SeededAugmentation:
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def with_seed(self, seed: int):
+        """A shallow copy (the same items) drawing from `seed`: each training seeds its own augmentation."""
+        reseeded = copy.copy(self)
+        reseeded.seed = seed
+        return reseeded
 
     def item_rng(self, index: int) -> np.random.Generator:
         return item_generator(self.seed, index, self.epoch)

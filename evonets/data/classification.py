@@ -4,17 +4,21 @@ Sources (`DataConfig.source`):
 
 - `digits`: scikit-learn's bundled real handwritten digits (`evonets.data.digits.load_digits_dataset`), fixed split.
 - `imagefolder`: `<path>/<class>/<image>` (one split; validation is held out) or `<path>/<split>/<class>/<image>`.
+- `parquet`: Hub-style parquet files in a local folder, `<split>-*.parquet` or `<split>.parquet` (CIFAR-10 in
+  `../shared/data/cifar10`), read by `datasets.load_dataset("parquet", data_files=...)`.
 - `load_from_disk`: a `DatasetDict` (or a single `Dataset`) saved with `save_to_disk`.
 - `hub`: `datasets.load_dataset(path, name)` (needs internet).
 
-`load_data` returns only the train and validation splits: the test split is never handed to training or search. It
-checks, before any training starts, that the path exists, the columns exist, labels are class indices in range with
+`load_data` returns only the train and validation splits: the test split is never handed to training or search;
+`load_test_data` reads it for a final report. `max_train_samples` takes a seeded, class-stratified subset. It checks, before any training starts, that the path exists, the columns exist, labels are class indices in range with
 the same names in both splits, and that a spread-out sample of images (`check_samples`) decodes and has a usable
 mode and shape, raising `ValueError` that names the split, the row and what is wrong.
 
-Images become `pixel_values` lazily (`Dataset.with_transform`) through an `EvoNetImageProcessor` (resize to
+Images become `pixel_values` when read (`ClassificationSplit`) through an `EvoNetImageProcessor` (resize to
 `image_size`, rescale, normalise): the same processor is saved next to the supernet, so search and inference see
-the same preprocessing.
+the same preprocessing. The training split is augmented as `DataConfig.augmentation` says, each item from its own
+generator seeded by (training seed, epoch, index) (`evonets.data.augmentation`); `training_loader` gives it the
+training's seed and `evonets.engine.training.TrainingLoop` the epoch.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from evonets.data.augmentation import SeededAugmentation
 from evonets.data.config import DataConfig
 from evonets.models.image_processing_evonet import EvoNetImageProcessor
 
@@ -42,8 +47,8 @@ CONVERTIBLE_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "
 class ClassificationData:
     """The checked splits with their transform, the label names and the processor."""
 
-    train: datasets.Dataset  # items {"pixel_values": (C, S, S) float, "labels": int}
-    validation: datasets.Dataset
+    train: ClassificationSplit  # augmented as DataConfig.augmentation says
+    validation: ClassificationSplit
     label_names: list[str]
     processor: EvoNetImageProcessor
     image_size: int
@@ -78,26 +83,57 @@ def load_data(config: DataConfig, image_size: int, num_channels: int = 3) -> Cla
         image_std=list(config.image_std),
         do_convert_rgb=num_channels == 3,
     )
-    transform = make_transform(processor, config, num_channels)
     return ClassificationData(
-        train=train.with_transform(transform),
-        validation=validation.with_transform(transform),
+        train=ClassificationSplit(train, processor, config, num_channels, config.augmentation, seed=config.seed),
+        validation=ClassificationSplit(validation, processor, config, num_channels),
         label_names=label_names,
         processor=processor,
         image_size=image_size,
     )
 
 
-def load_splits(config: DataConfig):
-    """(train, validation) `datasets.Dataset`s; validation is held out of train when the dataset has none."""
+def load_test_data(
+    config: DataConfig, data: ClassificationData, max_samples: int | None = None
+) -> ClassificationSplit | None:
+    """The test split (`config.test_split`) with the preprocessing of `data`, for a final report only (a front
+    member's stand-alone check, a teacher's check): training, search and the rank check never call this. None when
+    the data has no such split. `max_samples`: a seeded (`config.seed`), class-stratified subset of that many.
+    Its labels are checked against `data`'s classes and a sample of its images decoded."""
+    if config.test_split is None:
+        return None
+    splits = read_splits(config)
+    if config.test_split not in splits:
+        return None
+    test = splits[config.test_split]
+    missing = [column for column in (config.image_column, config.label_column) if column not in test.column_names]
+    if missing:
+        raise ValueError(f"Test split {config.test_split!r} lacks columns {missing} (it has {test.column_names}).")
+    test = test.select_columns([config.image_column, config.label_column])
+    if max_samples is not None and max_samples < len(test):
+        subset, _ = stratified_split(test[config.label_column], len(test) - max_samples, config.seed)
+        test = test.select(subset)
+    check_labels(data.train.rows, test, config, other_name="test")
+    check_images(test, config, "test")
+    return ClassificationSplit(test, data.processor, config, data.validation.num_channels)
+
+
+def read_splits(config: DataConfig) -> datasets.DatasetDict:
+    """Every split of the configured source as `datasets` reads it: nothing selected, held out or checked yet."""
     import datasets
 
     source = config.source
     if source == "digits":
         from evonets.data.digits import load_digits_dataset
 
-        splits = load_digits_dataset(seed=config.seed)
-    elif source in ("imagefolder", "load_from_disk"):
+        return load_digits_dataset(seed=config.seed)
+    if source == "hub":
+        try:
+            splits = datasets.load_dataset(config.path, config.name)
+        except Exception as error:
+            raise ValueError(
+                f"Hub dataset data.path = {config.path!r} (name {config.name!r}) could not be loaded: {error}"
+            ) from error
+    elif source in ("imagefolder", "parquet", "load_from_disk"):
         path = Path(config.path).expanduser()
         if not path.exists():
             raise ValueError(
@@ -105,36 +141,47 @@ def load_splits(config: DataConfig):
             )
         if not path.is_dir():
             raise ValueError(f"Config field data.path = {config.path!r} is invalid: expected a folder, found a file.")
-        if source == "imagefolder":
-            try:
-                splits = datasets.load_dataset("imagefolder", data_dir=str(path))
-            except Exception as error:  # datasets raises several types for empty / unreadable folders
-                raise ValueError(
-                    f"data.path = {config.path!r} could not be read as an image folder (expected <path>/<class>/<image> "
-                    f"or <path>/<split>/<class>/<image>): {error}"
-                ) from error
-        else:
-            try:
-                splits = datasets.load_from_disk(str(path))
-            except Exception as error:
-                raise ValueError(
-                    f"data.path = {config.path!r} could not be read by datasets.load_from_disk (expected a folder written "
-                    f"by Dataset(Dict).save_to_disk): {error}"
-                ) from error
-    elif source == "hub":
         try:
-            splits = datasets.load_dataset(config.path, config.name)
-        except Exception as error:
-            raise ValueError(
-                f"Hub dataset data.path = {config.path!r} (name {config.name!r}) could not be loaded: {error}"
-            ) from error
+            if source == "imagefolder":
+                expected = "an image folder: <path>/<class>/<image> or <path>/<split>/<class>/<image>"
+                splits = datasets.load_dataset("imagefolder", data_dir=str(path))
+            elif source == "parquet":
+                expected = "Hub-style parquet files, <split>-*.parquet or <split>.parquet"
+                splits = datasets.load_dataset("parquet", data_files=parquet_files(path, config.path))
+            else:
+                expected = "a folder written by Dataset(Dict).save_to_disk"
+                splits = datasets.load_from_disk(str(path))
+        except ValueError:
+            raise
+        except Exception as error:  # datasets raises several types for empty / unreadable folders
+            raise ValueError(f"data.path = {config.path!r} could not be read as {expected}: {error}") from error
     else:
         raise ValueError(
-            f"Config field data.source = {source!r} is invalid: expected digits, imagefolder, load_from_disk or hub."
+            f"Config field data.source = {source!r} is invalid: expected digits, imagefolder, parquet, load_from_disk "
+            "or hub."
         )
-
     if isinstance(splits, datasets.Dataset):
         splits = datasets.DatasetDict({config.train_split: splits})
+    return splits
+
+
+def parquet_files(folder: Path, field_value: str) -> dict[str, list[str]]:
+    """{split: its parquet files} of a folder of `<split>-*.parquet` / `<split>.parquet` files (the Hub's naming:
+    `train-00000-of-00001.parquet`)."""
+    files: dict[str, list[str]] = {}
+    for file in sorted(folder.glob("*.parquet")):
+        files.setdefault(file.stem.split("-")[0], []).append(str(file))
+    if not files:
+        raise ValueError(
+            f"Config field data.path = {field_value!r} is invalid: no <split>-*.parquet or <split>.parquet files in it."
+        )
+    return files
+
+
+def load_splits(config: DataConfig):
+    """(train, validation) `datasets.Dataset`s; validation is held out of train when the dataset has none, and
+    `max_train_samples` subsets the rest."""
+    splits = read_splits(config)
     if config.train_split not in splits:
         raise ValueError(
             f"Config field data.train_split = {config.train_split!r} is invalid: the dataset has splits {sorted(splits)}."
@@ -143,7 +190,7 @@ def load_splits(config: DataConfig):
     for column in (config.image_column, config.label_column):
         if column not in train.column_names:
             field = "data.image_column" if column == config.image_column else "data.label_column"
-            hint = " (an image folder needs one sub-folder per class)" if source == "imagefolder" else ""
+            hint = " (an image folder needs one sub-folder per class)" if config.source == "imagefolder" else ""
             raise ValueError(
                 f"Config field {field} = {column!r} is invalid: split {config.train_split!r} has columns "
                 f"{train.column_names}{hint}."
@@ -156,41 +203,45 @@ def load_splits(config: DataConfig):
             raise ValueError(f"Validation split {config.validation_split!r} lacks columns {missing}.")
         validation = validation.select_columns([config.image_column, config.label_column])
     else:
-        train, validation = _hold_out(train, config)
-    if config.max_train_samples is not None:
-        train = train.select(range(min(config.max_train_samples, len(train))))
+        kept, held = stratified_split(train[config.label_column], config.validation_fraction, config.seed)
+        train, validation = train.select(kept), train.select(held)
+    if config.max_train_samples is not None and config.max_train_samples < len(train):
+        subset, _ = stratified_split(train[config.label_column], len(train) - config.max_train_samples, config.seed)
+        train = train.select(subset)
     if len(train) == 0 or len(validation) == 0:
         raise ValueError(f"Empty split: {len(train)} training and {len(validation)} validation examples.")
     return train, validation
 
 
-def _hold_out(train, config: DataConfig):
-    """Stratified hold-out of `validation_fraction` of the training split (seeded)."""
+def stratified_split(labels, held_out: float, seed: int) -> tuple[list[int], list[int]]:
+    """(kept, held) row indices, each in increasing order: `held_out` rows (a count, or a fraction of all) drawn with
+    `seed`, stratified by label when every class has two rows and there are enough held-out rows for every class."""
     from sklearn.model_selection import train_test_split
 
-    labels = np.asarray(train[config.label_column])
-    indices = np.arange(len(labels))
+    labels = np.asarray(labels)
     counts = np.bincount(labels) if labels.size and labels.min() >= 0 else np.array([0])
-    held_out = math.ceil(config.validation_fraction * len(labels))
-    stratifiable = counts[counts > 0].min() >= 2 and held_out >= (counts > 0).sum()
-    stratify = labels if stratifiable else None
+    held_count = held_out if isinstance(held_out, int) else math.ceil(held_out * len(labels))
+    classes = (counts > 0).sum()
+    stratifiable = counts[counts > 0].min() >= 2 and min(held_count, len(labels) - held_count) >= classes
     kept, held = train_test_split(
-        indices, test_size=config.validation_fraction, random_state=config.seed, stratify=stratify
+        np.arange(len(labels)), test_size=held_out, random_state=seed, stratify=labels if stratifiable else None
     )
-    return train.select(sorted(kept.tolist())), train.select(sorted(held.tolist()))
+    return sorted(kept.tolist()), sorted(held.tolist())
 
 
-def check_labels(train, validation, config: DataConfig) -> list[str]:
-    """The label names (from a `ClassLabel`, else "0".."K-1"); every label an int in range; same names in both splits."""
+def check_labels(train, other, config: DataConfig, other_name: str = "validation") -> list[str]:
+    """The label names (from a `ClassLabel`, else "0".."K-1"); every label an int in range; the same names in the
+    train split and `other` (the validation split, or the test split)."""
     import datasets
 
     feature = train.features[config.label_column]
     if isinstance(feature, datasets.ClassLabel):
         names = list(feature.names)
-        other = validation.features[config.label_column]
-        if isinstance(other, datasets.ClassLabel) and list(other.names) != names:
+        other_feature = other.features[config.label_column]
+        if isinstance(other_feature, datasets.ClassLabel) and list(other_feature.names) != names:
             raise ValueError(
-                f"Label mismatch: the train split's classes {names} differ from the validation split's {list(other.names)}."
+                f"Label mismatch: the train split's classes {names} differ from the {other_name} split's "
+                f"{list(other_feature.names)}."
             )
     else:
         values = train[config.label_column]
@@ -208,7 +259,7 @@ def check_labels(train, validation, config: DataConfig) -> list[str]:
             f"Config field data.label_column = {config.label_column!r} is invalid: expected labels of at least 2 "
             f"classes, but every one of the {len(train)} training rows has class {only!r} (classes named: {names})."
         )
-    for split_name, split in (("train", train), ("validation", validation)):
+    for split_name, split in (("train", train), (other_name, other)):
         labels = np.asarray(split[config.label_column])
         bad = np.flatnonzero((labels < 0) | (labels >= len(names)))
         if bad.size:
@@ -309,15 +360,82 @@ def to_pil(image: Any, num_channels: int):
     return image.convert(mode) if image.mode != mode else image
 
 
-def make_transform(processor: EvoNetImageProcessor, config: DataConfig, num_channels: int):
-    """The batch transform for `Dataset.with_transform`: images -> `pixel_values`, labels -> `labels`."""
+class ClassificationSplit(SeededAugmentation, torch.utils.data.Dataset):
+    """One split as model inputs: item `i` is `{"pixel_values": (C, S, S) float, "labels": int64}`, decoded and
+    preprocessed when read (`processor`: resize to S, rescale, normalise); `split[a:b]` is a stacked batch, as from a
+    `datasets.Dataset` with a transform. A `DataLoader` reads whole batches through `__getitems__`.
 
-    def transform(batch: dict) -> dict:
-        images = [to_pil(image, num_channels) for image in batch[config.image_column]]
-        pixel_values = processor(images, return_tensors="pt")["pixel_values"]
-        return {"pixel_values": pixel_values, "labels": torch.as_tensor(batch[config.label_column], dtype=torch.long)}
+    With `augmentation` (`DataConfig.augmentation`), each image is changed before preprocessing with draws from its
+    own generator, `item_rng(index)`: a pure function of (`seed`, epoch, index) (`with_seed`, `set_epoch`).
 
-    return transform
+    Attributes:
+        rows (`datasets.Dataset`): the split's image and label columns, undecoded.
+    """
+
+    def __init__(
+        self,
+        rows: datasets.Dataset,
+        processor: EvoNetImageProcessor,
+        config: DataConfig,
+        num_channels: int,
+        augmentation: str = "none",
+        seed: int = 0,
+    ):
+        if augmentation not in AUGMENTATIONS:
+            raise ValueError(
+                f"Config field data.augmentation = {augmentation!r} is invalid: expected one of {list(AUGMENTATIONS)}."
+            )
+        self.rows, self.processor, self.num_channels = rows, processor, num_channels
+        self.image_column, self.label_column = config.image_column, config.label_column
+        self.augment = AUGMENTATIONS[augmentation]
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def labels(self) -> list[int]:
+        return list(self.rows[self.label_column])
+
+    def __getitem__(self, key: int | slice) -> dict[str, torch.Tensor]:
+        if isinstance(key, slice):
+            return self.encode(range(len(self))[key])
+        batch = self.encode([key])
+        return {name: values[0] for name, values in batch.items()}
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, torch.Tensor]]:
+        batch = self.encode(indices)
+        return [{name: values[row] for name, values in batch.items()} for row in range(len(indices))]
+
+    def encode(self, indices) -> dict[str, torch.Tensor]:
+        """Rows `indices` as one batch: `pixel_values` (N, C, S, S), `labels` (N,)."""
+        indices = [int(index) for index in indices]
+        rows = self.rows[indices]
+        images = [to_pil(image, self.num_channels) for image in rows[self.image_column]]
+        if self.augment is not None:
+            images = [self.augment(image, self.item_rng(index)) for image, index in zip(images, indices)]
+        pixel_values = self.processor(images, return_tensors="pt")["pixel_values"]
+        return {"pixel_values": pixel_values, "labels": torch.as_tensor(rows[self.label_column], dtype=torch.long)}
+
+
+def crop_flip(image, rng: np.random.Generator):
+    """CIFAR's augmentation: pad by 1/8 of each side (4 px at 32) with black, crop the original size back at a random
+    offset, flip left-right with probability 1/2. Draws, in order: top offset, left offset, flip."""
+    from PIL import Image
+
+    array = np.asarray(image)
+    height, width = array.shape[:2]
+    pad_y, pad_x = max(1, round(height / 8)), max(1, round(width / 8))
+    top, left = int(rng.integers(0, 2 * pad_y + 1)), int(rng.integers(0, 2 * pad_x + 1))
+    padded = np.pad(array, ((pad_y, pad_y), (pad_x, pad_x)) + ((0, 0),) * (array.ndim - 2))
+    cropped = padded[top : top + height, left : left + width]
+    if rng.random() < 0.5:
+        cropped = cropped[:, ::-1]
+    return Image.fromarray(np.ascontiguousarray(cropped), mode=image.mode)
+
+
+AUGMENTATIONS = {"none": None, "crop_flip": crop_flip}
+"""`DataConfig.augmentation` -> the function that changes one training image, `(PIL image, generator) -> image`."""
 
 
 def collate(examples: list[dict]) -> dict:
@@ -347,7 +465,10 @@ class EpochShuffleSampler(torch.utils.data.Sampler[int]):
 
 def training_loader(dataset, batch_size: int, seed: int, num_workers: int = 0) -> torch.utils.data.DataLoader:
     """The loader every classification training uses: full batches in an order that is a pure function of (seed,
-    epoch) (`EpochShuffleSampler`; call `loader.sampler.set_epoch`), so a run and its resume see the same batches."""
+    epoch) (`EpochShuffleSampler`; call `loader.sampler.set_epoch`), so a run and its resume see the same batches. An
+    augmented split draws with the same `seed` (`SeededAugmentation.with_seed`; the loop sets its epoch too)."""
+    if isinstance(dataset, SeededAugmentation):
+        dataset = dataset.with_seed(seed)
     return torch.utils.data.DataLoader(
         dataset,
         batch_size=batch_size,
@@ -369,17 +490,23 @@ def resize_batch(pixel_values: torch.Tensor, size: int) -> torch.Tensor:
 
 
 __all__ = [
+    "AUGMENTATIONS",
     "CONVERTIBLE_MODES",
     "ClassificationData",
+    "ClassificationSplit",
     "EpochShuffleSampler",
     "check_images",
     "check_labels",
     "collate",
+    "crop_flip",
     "describe_image",
     "load_data",
     "load_splits",
-    "make_transform",
+    "load_test_data",
+    "parquet_files",
+    "read_splits",
     "resize_batch",
+    "stratified_split",
     "to_pil",
     "training_loader",
 ]

@@ -1,7 +1,7 @@
 """The one training loop of the pipelines: the teacher, the supernet's distillation and a stand-alone network all
 train through `TrainingLoop`.
 
-The loop owns what every training shares: epochs of a seeded sampler (`set_epoch`), optimizer steps counted in a
+The loop owns what every training shares: epochs of a seeded sampler and augmentation (`set_epoch`), optimizer steps counted in a
 checkpointable `TrainState`, gradient accumulation, gradient clipping, and resuming inside an epoch by skipping the
 batches already seen. What differs is passed in: a *step function* (forward + backward of one micro-batch, returning
 the values to log) and *callbacks* (hooks around the optimizer step, in the shape of transformers' `TrainerCallback`),
@@ -120,6 +120,8 @@ class TrainingLoop:
             self.train_loader.set_epoch(self.epoch)
         else:
             self.train_loader.sampler.set_epoch(self.epoch)
+        if hasattr(self.train_loader.dataset, "set_epoch"):  # seeded augmentation (accelerate may not pass it on)
+            self.train_loader.dataset.set_epoch(self.epoch)
         if not skip:
             return self.train_loader
         if self.accelerator is not None:
