@@ -102,7 +102,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+", default=list(range(10)), help="Seeds of every optimizer.")
     parser.add_argument("--budgets", type=int, nargs="+", default=list(BUDGETS))
     parser.add_argument("--table", type=Path, default=TABLE)
-    parser.add_argument("--work-dir", type=Path, default=REPO / "runs" / "bench_optimizers")
+    parser.add_argument(
+        "--work-dir", type=Path, default=REPO / "bench" / "results" / "optimizers"
+    )  # committed: a rerun resumes
     parser.add_argument("--quick", action="store_true", help="2 seeds, budgets 50 and 100.")
     parser.add_argument("--output", type=Path, default=DOC_PATH)
     parser.add_argument("--plot", type=Path, default=PLOT_PATH)
