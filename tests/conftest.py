@@ -1,9 +1,12 @@
 """Shared fixtures."""
 
+import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -89,5 +92,50 @@ def without_evonets(tmp_path):
         )  # fmt: skip
         assert result.returncode == 0, result.stdout + result.stderr
         return result
+
+    return run
+
+
+def archived_results(output_dir) -> list[dict]:
+    """The result records of a search run folder's `archive.jsonl`, in order."""
+    lines = (Path(output_dir) / "archive.jsonl").read_text().splitlines()
+    return [record for record in map(json.loads, lines) if record.get("kind") == "result"]
+
+
+@pytest.fixture
+def kill_then_resume():
+    """`kill_then_resume(command, output_dir, budget, least, timeout, resume)`: start a search `command`, `kill -9`
+    its process group (coordinator and workers) once `least` results are archived, resume with `resume()` (returns
+    the `SearchResult`), and check that nothing finished before the kill is lost or rewritten and that only the
+    candidates in flight at the kill ran again. Returns (results before the kill, the resumed run's result)."""
+
+    def run(command, output_dir, budget, least, timeout, resume):
+        archive = Path(output_dir) / "archive.jsonl"
+        process = subprocess.Popen(
+            command, cwd=REPOSITORY, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        )
+        deadline = time.monotonic() + timeout
+        while not (archive.is_file() and len(archived_results(output_dir)) >= least):
+            assert process.poll() is None, f"the run ended first: {process.communicate()[1][-3000:]}"
+            assert time.monotonic() < deadline, f"fewer than {least} results after {timeout} s"
+            time.sleep(0.1)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        before = archived_results(output_dir)
+        lines = archive.read_text().splitlines()
+        asked = {json.loads(line)["index"] for line in lines if '"kind": "ask"' in line}
+        in_flight = asked - {record["index"] for record in before}
+        assert least <= len(before) < budget
+
+        result = resume()
+        after = archived_results(output_dir)
+        assert after[: len(before)] == before  # nothing finished before the kill is lost or rewritten
+        assert sorted(record["index"] for record in after) == list(range(budget))
+        new_asks = [
+            json.loads(line) for line in archive.read_text().splitlines()[len(lines) :] if '"kind": "ask"' in line
+        ]
+        assert all(ask["index"] not in asked for ask in new_asks)  # only the candidates in flight ran again
+        assert {record["index"] for record in after[len(before) :]} == in_flight | {ask["index"] for ask in new_asks}
+        return before, result
 
     return run

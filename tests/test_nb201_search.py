@@ -4,17 +4,14 @@ the report column kept from the optimizer, resume after `kill -9`, and bad confi
 """
 
 import json
-import os
 import random
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import archived_results
 
 import search.runner
 from evonets.models.supernet import EvoNetSupernet
@@ -49,11 +46,6 @@ def _args(table_path, output_dir, *extra):
         "--progress_bar", "false",
         *extra,
     ]  # fmt: skip
-
-
-def _results(output_dir):
-    lines = (Path(output_dir) / "archive.jsonl").read_text().splitlines()
-    return [record for record in map(json.loads, lines) if record.get("kind") == "result"]
 
 
 def test_the_cell_space_spells_every_cell_as_the_table_does(table):
@@ -140,7 +132,7 @@ def test_a_benchmark_run_tells_the_optimizer_the_fitness_column_only(table, tabl
     reported = [(1 - table[REPORT][row[cell]] / 100) / 0.15 for cell, _ in told]
     assert any(abs(normalised[0] - value) > 1e-3 for (_, normalised), value in zip(told, reported))
 
-    records = _results(output_dir)
+    records = archived_results(output_dir)
     assert sorted(record["index"] for record in records) == list(range(40))
     for record in records:  # the encoding is the table's arch string; latency is the table's, never timed
         assert record["encoding"] in row and record["latency"]["source"] == "table"
@@ -166,46 +158,19 @@ def test_the_report_column_cannot_change_what_the_search_does(table_path, tmp_pa
         main(_args(table_path, output_dir, "--search.budget", "30", "--search.tell_order", "ask",
                    "--benchmark.report_column", report))  # fmt: skip
         runs[report] = output_dir
-    first, second = ([(r["encoding"], r["objectives"]) for r in _results(folder)] for folder in runs.values())
+    first, second = ([(r["encoding"], r["objectives"]) for r in archived_results(folder)] for folder in runs.values())
     assert first == second
     reports = [json.loads((folder / "pareto.json").read_text())["report"] for folder in runs.values()]
     assert reports[0]["column"] != reports[1]["column"] and reports[0]["hypervolume"] != reports[1]["hypervolume"]
 
 
-def _wait_for(condition, seconds, process):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        if process.poll() is not None:
-            raise AssertionError(f"the run ended first: {process.communicate()}")
-        time.sleep(0.05)
-    return False
-
-
-def test_kill_minus_nine_then_resume_loses_nothing(table_path, tmp_path):
+def test_kill_minus_nine_then_resume_loses_nothing(table_path, tmp_path, kill_then_resume):
     output_dir, budget = tmp_path / "run", 150
-    command = [sys.executable, str(REPO / "search" / "run.py"), *_args(table_path, output_dir, "--search.budget",
-               str(budget))]  # fmt: skip
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)  # fmt: skip
-    archive = output_dir / "archive.jsonl"
-    assert _wait_for(lambda: archive.is_file() and len(_results(output_dir)) >= 20, 120, process)
-    os.killpg(process.pid, signal.SIGKILL)  # the coordinator and its workers, mid-run
-    process.wait()
-    before = _results(output_dir)
-    lines = archive.read_text().splitlines()
-    asked = {json.loads(line)["index"] for line in lines if '"kind": "ask"' in line}
-    in_flight = asked - {record["index"] for record in before}
-    assert 20 <= len(before) < budget
-
-    result = main(_args(table_path, output_dir, "--search.budget", str(budget)))
-    after = _results(output_dir)
-    assert after[: len(before)] == before  # nothing finished before the kill is lost or rewritten
-    assert sorted(record["index"] for record in after) == list(range(budget))
-    new_asks = [json.loads(line) for line in archive.read_text().splitlines()[len(lines) :] if '"kind": "ask"' in line]
-    assert all(ask["index"] not in asked for ask in new_asks)  # only the candidates in flight ran again
-    assert {record["index"] for record in after[len(before) :]} == in_flight | {ask["index"] for ask in new_asks}
+    arguments = _args(table_path, output_dir, "--search.budget", str(budget))
+    _, result = kill_then_resume(
+        [sys.executable, str(REPO / "search" / "run.py"), *arguments], output_dir, budget, 20, 120,
+        lambda: main(arguments),
+    )  # fmt: skip
     assert len(result.records) == budget and (output_dir / "summary.md").is_file()
 
 

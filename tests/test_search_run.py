@@ -7,15 +7,13 @@ validation accuracy), not how well anything learns; the quickstart test and `doc
 """
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import archived_results
 
 from evonets import EvoNetForImageClassification
 from evonets.models.search_space import EvoNetSupernetConfig
@@ -50,21 +48,13 @@ def _args(supernet_dir, output_dir, tmp_path, *extra):
     ]  # fmt: skip
 
 
-def _results(output_dir):
-    return [
-        r
-        for r in map(json.loads, (Path(output_dir) / "archive.jsonl").read_text().splitlines())
-        if r.get("kind") == "result"
-    ]
-
-
 def test_run_writes_a_consistent_run_folder(supernet_dir, tmp_path):
     output_dir = tmp_path / "run"
     result = main(_args(supernet_dir, output_dir, tmp_path, "--search.budget", "14", "--search.constraints",
                         "[macs <= 1.5e6]"))  # fmt: skip
     for name in ("archive.jsonl", "pareto.json", "pareto.csv", "pareto.png", "summary.md", "run.json"):
         assert (output_dir / name).is_file(), name
-    records = _results(output_dir)
+    records = archived_results(output_dir)
     assert len(records) == 14 and sorted(r["index"] for r in records) == list(range(14))
     pareto = json.loads((output_dir / "pareto.json").read_text())
     front = pareto["front"]
@@ -93,12 +83,12 @@ def test_run_writes_a_consistent_run_folder(supernet_dir, tmp_path):
     # the same command again: the run is complete, nothing is evaluated, the front is the same
     again = main(_args(supernet_dir, output_dir, tmp_path, "--search.budget", "14", "--search.constraints",
                        "[macs <= 1.5e6]"))  # fmt: skip
-    assert again.evaluations == 0 and len(_results(output_dir)) == 14
+    assert again.evaluations == 0 and len(archived_results(output_dir)) == 14
     assert [r["hash"] for r in again.front] == [r["hash"] for r in front]
 
     # a new run on the same supernet and data reuses the fitness cache for the architectures it meets again
     other = main(_args(supernet_dir, tmp_path / "other", tmp_path, "--search.budget", "6"))
-    cached = [r for r in _results(tmp_path / "other") if r.get("cached")]
+    cached = [r for r in archived_results(tmp_path / "other") if r.get("cached")]
     assert len(cached) >= 2  # at least the suggested smallest and largest architectures
     assert other.evaluations == 6 - len(cached)
 
@@ -106,7 +96,7 @@ def test_run_writes_a_consistent_run_folder(supernet_dir, tmp_path):
 def test_measure_mode_times_every_candidate_in_onnxruntime(supernet_dir, tmp_path):
     result = main(_args(supernet_dir, tmp_path / "run", tmp_path, "--search.budget", "4", "--latency.mode", "measure",
                         "--latency.backend", "onnxruntime", "--export_front", "false"))  # fmt: skip
-    records = _results(tmp_path / "run")
+    records = archived_results(tmp_path / "run")
     assert len(records) == 4 and all(r["latency"]["source"] == "measured" for r in records)  # never the table
     fingerprint = json.loads((tmp_path / "run" / "run.json").read_text())["latency_fingerprint"]
     assert fingerprint["backend"] == "onnxruntime" and "onnxruntime" in json.dumps(fingerprint)
@@ -120,40 +110,12 @@ def test_a_changed_run_is_refused(supernet_dir, tmp_path):
         main(_args(supernet_dir, tmp_path / "run", tmp_path, "--search.budget", "3", "--search.seed", "1"))
 
 
-def _wait_for(predicate, timeout, process):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        assert process.poll() is None, process.communicate()[1][-3000:]
-        time.sleep(0.2)
-    return False
-
-
-def test_kill_minus_nine_then_resume_loses_nothing(supernet_dir, tmp_path):
+def test_kill_minus_nine_then_resume_loses_nothing(supernet_dir, tmp_path, kill_then_resume):
     output_dir = tmp_path / "run"
-    command = [sys.executable, str(REPO / "search" / "run.py"),
-               *_args(supernet_dir, output_dir, tmp_path, "--search.budget", "30", "--fitness.cache_dir", "null")]  # fmt: skip
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)  # fmt: skip
-    archive = output_dir / "archive.jsonl"
-    assert _wait_for(lambda: archive.is_file() and len(_results(output_dir)) >= 8, 240, process)
-    os.killpg(process.pid, signal.SIGKILL)  # the coordinator and its workers, mid-run
-    process.wait()
-    before = _results(output_dir)
-    lines = archive.read_text().splitlines()
-    asked = {json.loads(line)["index"] for line in lines if '"kind": "ask"' in line}
-    in_flight = asked - {r["index"] for r in before}
-    assert len(before) < 30
-
-    result = main(_args(supernet_dir, output_dir, tmp_path, "--search.budget", "30", "--fitness.cache_dir", "null"))
-    after = _results(output_dir)
-    assert after[: len(before)] == before  # nothing finished before the kill is lost or rewritten
-    assert sorted(r["index"] for r in after) == list(range(30))
-    # only the candidates in flight at the kill ran again: every other index was asked once, after the restart
-    new_asks = [json.loads(line) for line in archive.read_text().splitlines()[len(lines) :] if '"kind": "ask"' in line]
-    assert all(ask["index"] not in asked for ask in new_asks)
-    assert {r["index"] for r in after[len(before) :]} == in_flight | {ask["index"] for ask in new_asks}
+    arguments = _args(supernet_dir, output_dir, tmp_path, "--search.budget", "30", "--fitness.cache_dir", "null")
+    before, result = kill_then_resume(
+        [sys.executable, str(REPO / "search" / "run.py"), *arguments], output_dir, 30, 8, 240, lambda: main(arguments)
+    )
     assert result.evaluations <= 30 - len(before)
 
 
@@ -167,7 +129,7 @@ def test_two_gloo_ranks_share_the_evaluations(supernet_dir, tmp_path):
                       "--fitness.cache_dir", "null", "--export_front", "false")]  # fmt: skip
     completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
     assert completed.returncode == 0, completed.stderr[-4000:]
-    records = _results(output_dir)
+    records = archived_results(output_dir)
     assert len(records) == 16
     ranks = {r["worker"][:2] for r in records if r.get("worker")}
     assert ranks == {"r0", "r1"}, ranks
